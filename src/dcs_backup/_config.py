@@ -1,0 +1,49 @@
+"""The download configuration object, with its documented defaults."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ._retry import RetryPolicy
+
+MiB = 1024 * 1024
+
+
+def _default_file_retry() -> RetryPolicy:
+    # A file may take long; what bounds it is failures without progress, and an hour of trying.
+    return RetryPolicy(attempts=10, timeout=3600.0, wait_initial=0.5, wait_max=15.0)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DownloadConfig:
+    """How a backup is downloaded. Every field has a default that suits a cloud download.
+
+    concurrency:     files downloaded at once (default 8); also the connection pool size.
+    write_size:      bytes gathered from the socket before one write to disk (default 1 MiB);
+                     memory stays below about 2 x concurrency x write_size.
+    read_timeout:    seconds a response may stall without a byte before it counts as a
+                     failure and is retried (default 30).
+    connect_timeout: seconds to open a connection (default 15).
+    link_expiration: lifetime, in seconds, asked for new presigned links (default 3600,
+                     300..86400).
+    refresh_margin:  refresh a link before a request when it expires within this many
+                     seconds (default 60; shrinks for short-lived links).
+    retry:           the per-file retry policy: failures in a row without progress, and a
+                     time bound (default 10 failures, 3600 s).
+    """
+
+    concurrency: int = 8
+    write_size: int = 1 * MiB
+    read_timeout: float = 30.0
+    connect_timeout: float = 15.0
+    link_expiration: int = 3600
+    refresh_margin: float = 60.0
+    retry: RetryPolicy = field(default_factory=_default_file_retry)
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.concurrency <= 256:
+            raise ValueError("concurrency must be 1..256")
+        if self.write_size < 64 * 1024:
+            raise ValueError("write_size must be at least 64 KiB")
+        if self.read_timeout <= 0 or self.connect_timeout <= 0:
+            raise ValueError("timeouts must be positive")

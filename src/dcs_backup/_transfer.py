@@ -1,0 +1,382 @@
+"""One file: stream it to ``<name>.part``, resume, retry, refresh its link, then finalize."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import tenacity
+from yarl import URL
+
+from ._config import DownloadConfig
+from ._errors import DcsBackupError, LinkExpiredError, TransferError
+from ._events import EventBus, FileDone, FileProgress, FileRetry, FileStarted
+from ._http import parse_http_date, parse_retry_after
+from ._links import LinkSource
+from ._obs import normalize_etag, parse_content_length, parse_content_range, parse_obs_error
+from ._redact import redact
+from ._result import FileResult
+from ._state import (
+    FilePaths,
+    ResumeState,
+    clear_state,
+    fsync_directory,
+    load_state,
+    part_length,
+    save_state,
+)
+
+log = logging.getLogger("dcs_backup.transfer")
+
+_RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
+_FREE_RESTARTS = 3  # starting a file over is free this often per attempt, then it is a failure
+_MAX_REFRESHES_WITHOUT_PROGRESS = 2
+
+
+class _Restart(Exception):
+    """The bytes on disk cannot be continued: the file starts over from byte 0."""
+
+
+class _Refreshed(Exception):
+    """The link was replaced; ask again at once (this is not a failed attempt)."""
+
+
+@dataclass
+class TransferStats:
+    retries: int = 0
+    bytes_received: int = 0
+
+
+@dataclass
+class TransferContext:
+    """What every file transfer of one backup shares."""
+
+    session: aiohttp.ClientSession
+    links: LinkSource
+    directory: Path
+    backup_id: str
+    config: DownloadConfig
+    bus: EventBus
+    stats: TransferStats = field(default_factory=TransferStats)
+
+
+def is_retryable(error: BaseException) -> bool:
+    if isinstance(error, TransferError):
+        return error.retryable
+    if isinstance(error, DcsBackupError):
+        return False
+    return isinstance(error, (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError))
+
+
+def describe(error: BaseException) -> str:
+    """One line for a person: what went wrong, with secrets removed."""
+    if isinstance(error, DcsBackupError):
+        text = str(error)
+    elif isinstance(error, asyncio.TimeoutError):
+        text = "timed out waiting for data"
+    elif isinstance(error, aiohttp.ClientPayloadError):
+        text = "the connection broke in the middle of the body"
+    elif isinstance(error, aiohttp.ServerDisconnectedError):
+        text = "the server closed the connection"
+    else:
+        text = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+    return redact(" ".join(text.split()))
+
+
+class FileTransfer:
+    """Downloads one file of the backup into the output directory."""
+
+    def __init__(self, ctx: TransferContext, name: str) -> None:
+        self.ctx = ctx
+        self.name = name
+        self.paths = FilePaths(ctx.directory, name)
+        self.size: int | None = None
+        self.etag: str | None = None
+        self.offset = 0
+        self.resumed_from = 0
+        self.failures = 0
+        self._refreshes_without_progress = 0
+        self._fd: int | None = None
+
+    # -- the whole file ----------------------------------------------------------------------
+
+    async def run(self) -> FileResult:
+        started = time.monotonic()
+        try:
+            self._open()
+            self.resumed_from = self.offset
+            self.ctx.bus.emit(FileStarted(self.name, self.size, self.offset))
+            retrying = self.ctx.config.retry.retrying(
+                is_retryable=is_retryable,
+                retry_after=lambda e: e.retry_after if isinstance(e, TransferError) else None,
+                failures=lambda _state: self.failures,
+                before_sleep=self._before_retry,
+            )
+            async for attempt in retrying:
+                with attempt:
+                    await self._until_failure()
+            await self._finalize()
+        except (DcsBackupError, aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            self._close()
+            reason = _disk_error(exc, self.paths.part) or describe(exc)
+            return FileResult(
+                self.name,
+                "failed",
+                self.paths.final,
+                self.size,
+                self.resumed_from,
+                time.monotonic() - started,
+                reason,
+            )
+        finally:
+            self._close()
+        seconds = time.monotonic() - started
+        assert self.size is not None
+        self.ctx.bus.emit(FileDone(self.name, self.size, self.resumed_from, seconds))
+        return FileResult(
+            self.name, "downloaded", self.paths.final, self.size, self.resumed_from, seconds
+        )
+
+    def _open(self) -> None:
+        state = load_state(self.paths, self.ctx.backup_id)
+        flags = os.O_WRONLY | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
+        self._fd = os.open(self.paths.part, flags, 0o600)
+        if state is None or state.size is None:
+            os.ftruncate(self._fd, 0)
+            self.offset = 0
+            return
+        self.size, self.etag = state.size, state.etag
+        self.offset = part_length(self.paths)
+        if self.offset > state.size:  # longer than the object: cannot be ours
+            os.ftruncate(self._fd, 0)
+            self.offset = 0
+
+    def _close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def _before_retry(self, state: tenacity.RetryCallState) -> None:
+        self.ctx.stats.retries += 1
+        error = state.outcome.exception() if state.outcome else None
+        delay = state.next_action.sleep if state.next_action else 0.0
+        reason = describe(error) if error else "unknown"
+        log.info("%s: retry %d in %.1fs: %s", self.name, self.failures, delay, reason)
+        self.ctx.bus.emit(FileRetry(self.name, self.failures, delay, reason))
+
+    async def _until_failure(self) -> None:
+        """Requests until the file is complete or a real failure happens.
+
+        Link refreshes and restarts are not failures; a failure after progress counts as the
+        first of a new run of failures, so a long file on a flaky network is not given up on.
+        """
+        restarts = 0
+        while True:
+            start_offset = self.offset
+            try:
+                await self._request()
+                return
+            except _Refreshed:
+                continue
+            except _Restart as exc:
+                restarts += 1
+                if restarts > _FREE_RESTARTS:
+                    self.failures += 1
+                    raise TransferError(str(exc)) from None
+                log.info("%s: starting over: %s", self.name, exc)
+                continue
+            except BaseException:
+                self.failures = 1 if self.offset > start_offset else self.failures + 1
+                raise
+
+    # -- one request -------------------------------------------------------------------------
+
+    async def _request(self) -> None:
+        if self.size is not None and self.offset == self.size:
+            return
+        link, generation = await self.ctx.links.fresh(self.name)
+        headers = {"Accept-Encoding": "identity"}
+        ranged = self.offset > 0
+        if ranged:
+            headers["Range"] = f"bytes={self.offset}-"
+            if self.etag:
+                headers["If-Match"] = f'"{self.etag}"'
+        async with self.ctx.session.get(URL(link.url, encoded=True), headers=headers) as resp:
+            self.ctx.links.observe_server_date(parse_http_date(resp.headers.get("Date")))
+            expected = await self._check_answer(resp, ranged, generation)
+            await self._stream(resp, expected)
+
+    async def _check_answer(
+        self, resp: aiohttp.ClientResponse, ranged: bool, generation: int
+    ) -> int | None:
+        """Decide what the answer means; return how many body bytes to expect."""
+        status = resp.status
+        etag = normalize_etag(resp.headers.get("ETag"))
+        if status == 200:
+            if ranged:  # the server ignored Range: the body starts at byte 0, never append
+                log.info("%s: server ignored Range, starting over", self.name)
+                self._reset()
+            size = parse_content_length(resp.headers.get("Content-Length"))
+            self._adopt(size, etag)
+            return size
+        if status == 206:
+            span = parse_content_range(resp.headers.get("Content-Range"))
+            if (
+                not ranged
+                or span is None
+                or span.start != self.offset
+                or span.total is None
+                or span.end != span.total - 1
+                or span.total != self.size
+                or (etag is not None and self.etag is not None and etag != self.etag)
+            ):
+                self._reset()
+                raise _Restart(f"unexpected partial answer {resp.headers.get('Content-Range')!r}")
+            return span.end - span.start + 1
+        if status in (412, 416):
+            self._reset()
+            raise _Restart(f"HTTP {status}: the object changed or is shorter than the saved part")
+        body = (await resp.content.read(65536)).decode("utf-8", errors="replace")
+        if status == 403:
+            await self._forbidden(body, generation)
+        if status in _RETRY_STATUS:
+            error = parse_obs_error(body)
+            raise TransferError(
+                f"HTTP {status} {error.code}".rstrip(),
+                retry_after=parse_retry_after(resp.headers),
+            )
+        if status == 404:
+            raise TransferError(
+                "not found (HTTP 404): the backup may have been deleted",
+                retryable=False,
+            )
+        error = parse_obs_error(body)
+        raise TransferError(
+            f"unexpected HTTP {status} {error.code} {error.message}".strip(),
+            retryable=False,
+        )
+
+    async def _forbidden(self, body: str, generation: int) -> None:
+        links = self.ctx.links
+        error = parse_obs_error(body)
+        expired = error.is_expired or (
+            error.code in ("AccessDenied", "") and links.is_expired(self.name)
+        )
+        # A bad signature on a link from an older generation may be a stale link: one refresh.
+        stale = error.code == "SignatureDoesNotMatch" and self._refreshes_without_progress == 0
+        if expired or stale:
+            if not links.can_refresh:
+                raise LinkExpiredError(
+                    f"the link of {self.name} has expired and there are no credentials to fetch "
+                    "a new one: get fresh links (dcs-backup links ... > links.json) or give "
+                    "credentials"
+                )
+            if self._refreshes_without_progress >= _MAX_REFRESHES_WITHOUT_PROGRESS:
+                raise TransferError(
+                    "fresh links are refused as expired at once: check that the "
+                    "system clock is right (and the link expiration is not too short)",
+                    retryable=False,
+                )
+            self._refreshes_without_progress += 1
+            await links.refresh(generation, reason=f"{self.name}: {error.code or 'HTTP 403'}")
+            raise _Refreshed()
+        if error.code == "RequestTimeTooSkewed":
+            raise TransferError(
+                "OBS says the request time is too skewed: fix the system clock",
+                retryable=False,
+            )
+        hint = (
+            ": the local clock may be off, or the link was altered"
+            if error.code == "SignatureDoesNotMatch"
+            else ""
+        )
+        raise TransferError(
+            f"OBS refused the download (HTTP 403 {error.code}: "
+            f"{error.message or 'no message'}){hint}",
+            retryable=False,
+        )
+
+    def _adopt(self, size: int | None, etag: str | None) -> None:
+        """A full answer from byte 0: remember which object it is before writing a byte."""
+        if size != self.size or etag != self.etag or not self.paths.state.exists():
+            self.size, self.etag = size, etag
+            save_state(self.paths, ResumeState(self.ctx.backup_id, self.name, self.size, self.etag))
+
+    def _reset(self) -> None:
+        assert self._fd is not None
+        os.ftruncate(self._fd, 0)
+        if self.offset:
+            self.ctx.bus.emit(FileProgress(self.name, 0, self.size, -self.offset))
+        self.offset = 0
+
+    async def _stream(self, resp: aiohttp.ClientResponse, expected: int | None) -> None:
+        """Body to disk in ``write_size`` pieces, each written at its offset in a thread."""
+        write_size = self.ctx.config.write_size
+        start = self.offset
+        buffer = bytearray()
+        try:
+            async for chunk in resp.content.iter_chunked(write_size):
+                buffer += chunk
+                if len(buffer) >= write_size:
+                    await self._write(bytes(buffer))
+                    buffer.clear()
+        finally:
+            # Bytes that arrived are good bytes at their offset: keep them even on failure.
+            if buffer:
+                await self._write(bytes(buffer))
+        received = self.offset - start
+        if expected is None:
+            if self.size is None:
+                self.size = self.offset
+                save_state(
+                    self.paths, ResumeState(self.ctx.backup_id, self.name, self.size, self.etag)
+                )
+        elif received != expected:
+            raise TransferError(f"the body ended after {received} of {expected} bytes")
+
+    async def _write(self, data: bytes) -> None:
+        assert self._fd is not None
+        fd, offset = self._fd, self.offset
+        written = await asyncio.get_running_loop().run_in_executor(
+            None, _pwrite_all, fd, data, offset
+        )
+        self.offset += written
+        self.ctx.stats.bytes_received += written
+        self._refreshes_without_progress = 0
+        self.ctx.bus.emit(FileProgress(self.name, self.offset, self.size, written))
+
+    async def _finalize(self) -> None:
+        """Check the size, make the bytes durable, and only then give the file its name."""
+        assert self._fd is not None
+        on_disk = os.fstat(self._fd).st_size
+        if self.size is None or on_disk != self.size:
+            raise TransferError(f"{on_disk} bytes on disk, expected {self.size}", retryable=False)
+        await asyncio.get_running_loop().run_in_executor(None, os.fsync, self._fd)
+        self._close()
+        os.replace(self.paths.part, self.paths.final)
+        clear_state(self.paths)
+        fsync_directory(self.ctx.directory)
+
+
+def _pwrite_all(fd: int, data: bytes, offset: int) -> int:
+    view = memoryview(data)
+    done = 0
+    while done < len(view):
+        done += os.pwrite(fd, view[done:], offset + done)
+    return done
+
+
+def _disk_error(error: BaseException, path: Path) -> str | None:
+    if isinstance(error, aiohttp.ClientError) or not isinstance(error, OSError):
+        return None
+    if error.errno == errno.ENOSPC:
+        return f"the disk is full writing {path.name}: free some space and run again to resume"
+    if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"cannot write {path}: {os.strerror(error.errno)}"
+    return f"{path.name}: {error.strerror or error}"

@@ -1,0 +1,16 @@
+"""A local DCS + OBS emulator with fault injection, for the demo, the tests and benchmarks."""
+
+from ._faults import FAULT_KINDS, EmulatorStats, Faults
+from ._rdb import crc64, make_rdb, shard_name
+from ._server import BUCKET, Emulator
+
+__all__ = [
+    "BUCKET",
+    "FAULT_KINDS",
+    "Emulator",
+    "EmulatorStats",
+    "Faults",
+    "crc64",
+    "make_rdb",
+    "shard_name",
+]
