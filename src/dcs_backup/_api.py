@@ -147,16 +147,19 @@ class Client:
         begin_time: str | None = None,
         end_time: str | None = None,
         status: str | None = None,
+        page_size: int = PAGE_SIZE,
     ) -> list[Backup]:
-        """Every backup of the instance (all pages), newest first.
+        """Every backup of the instance (all pages of ``page_size``, 1..1000), newest first.
 
         ``begin_time`` / ``end_time`` are ``yyyyMMddHHmmss`` in UTC; ``status`` filters locally.
         """
+        if not 1 <= page_size <= PAGE_SIZE:
+            raise ConfigError(f"page_size must be 1..{PAGE_SIZE}")
         path = f"/v2/{await self.project_id()}/instances/{_segment(instance_id)}/backups"
         backups: list[Backup] = []
         offset = 0
         while True:
-            query: dict[str, str] = {"offset": str(offset), "limit": str(PAGE_SIZE)}
+            query: dict[str, str] = {"offset": str(offset), "limit": str(page_size)}
             if begin_time:
                 query["begin_time"] = begin_time
             if end_time:

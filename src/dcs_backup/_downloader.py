@@ -17,7 +17,7 @@ from yarl import URL
 
 from ._api import Client
 from ._config import DownloadConfig
-from ._errors import ConfigError
+from ._errors import ConfigError, DcsBackupError
 from ._events import BackupStarted, EventBus, FileFailed, FileSkipped, LinksRefreshed, Subscriber
 from ._links import LinkSource
 from ._models import BackupLinks
@@ -104,7 +104,7 @@ async def download_backup(
         async def worker() -> None:
             while not queue.empty():
                 plan = queue.get_nowait()
-                result = await FileTransfer(ctx, plan.name).run()
+                result = await FileTransfer(ctx, plan.name, plan.size).run()
                 if result.status == "failed":
                     bus.emit(FileFailed(result.name, result.error or "failed"))
                 results[plan.name] = result
@@ -198,8 +198,8 @@ async def _plan(ctx: TransferContext) -> list[_Plan]:
 async def _probe(ctx: TransferContext, name: str) -> tuple[int | None, str | None]:
     """Size and ETag of one object from a one-byte range GET; (None, None) when unknown."""
     for _ in range(2):
-        link, generation = await ctx.links.fresh(name)
         try:
+            link, generation = await ctx.links.fresh(name)
             async with ctx.session.get(
                 URL(link.url, encoded=True),
                 headers={"Range": "bytes=0-0", "Accept-Encoding": "identity"},
@@ -216,6 +216,6 @@ async def _probe(ctx: TransferContext, name: str) -> tuple[int | None, str | Non
                         await ctx.links.refresh(generation, reason=f"{name}: expired (probe)")
                         continue
                 return None, None
-        except (aiohttp.ClientError, asyncio.TimeoutError):
-            return None, None
+        except (aiohttp.ClientError, asyncio.TimeoutError, DcsBackupError):
+            return None, None  # the transfer itself meets the problem and reports it per file
     return None, None

@@ -92,9 +92,10 @@ def describe(error: BaseException) -> str:
 class FileTransfer:
     """Downloads one file of the backup into the output directory."""
 
-    def __init__(self, ctx: TransferContext, name: str) -> None:
+    def __init__(self, ctx: TransferContext, name: str, size_hint: int | None = None) -> None:
         self.ctx = ctx
         self.name = name
+        self.size_hint = size_hint  # from the size probe: for progress display only
         self.paths = FilePaths(ctx.directory, name)
         self.size: int | None = None
         self.etag: str | None = None
@@ -111,7 +112,8 @@ class FileTransfer:
         try:
             self._open()
             self.resumed_from = self.offset
-            self.ctx.bus.emit(FileStarted(self.name, self.size, self.offset))
+            size = self.size if self.size is not None else self.size_hint
+            self.ctx.bus.emit(FileStarted(self.name, size, self.offset))
             retrying = self.ctx.config.retry.retrying(
                 is_retryable=is_retryable,
                 retry_after=lambda e: e.retry_after if isinstance(e, TransferError) else None,
@@ -269,7 +271,11 @@ class FileTransfer:
             error.code in ("AccessDenied", "") and links.is_expired(self.name)
         )
         # A bad signature on a link from an older generation may be a stale link: one refresh.
-        stale = error.code == "SignatureDoesNotMatch" and self._refreshes_without_progress == 0
+        stale = (
+            error.code == "SignatureDoesNotMatch"
+            and self._refreshes_without_progress == 0
+            and links.can_refresh
+        )
         if expired or stale:
             if not links.can_refresh:
                 raise LinkExpiredError(

@@ -65,5 +65,7 @@ class EmulatorStats:
     links_calls: int = 0
     api_calls: int = 0
     auth_failures: int = 0
+    active_responses: int = 0
+    max_active_responses: int = 0
     faults: Counter[str] = field(default_factory=Counter)
     requests_by_file: Counter[str] = field(default_factory=Counter)

@@ -459,8 +459,14 @@ class Emulator:
         length = end - start + 1
         headers["Content-Length"] = str(length)
         resp = web.StreamResponse(status=status, headers=headers)
-        await resp.prepare(request)
-        await self._send(request, resp, obj, start, length, fault)
+        stats = self.stats
+        stats.active_responses += 1
+        stats.max_active_responses = max(stats.max_active_responses, stats.active_responses)
+        try:
+            await resp.prepare(request)
+            await self._send(request, resp, obj, start, length, fault)
+        finally:
+            stats.active_responses -= 1
         return resp
 
     async def _send(
