@@ -25,6 +25,6 @@ def test_library_example_runs(tmp_path: Path) -> None:
 
 
 def test_readme_first_lines_are_the_newcomer_commands() -> None:
-    head = (ROOT / "README.md").read_text().splitlines()[:6]
+    head = (ROOT / "README.md").read_text().splitlines()[:8]
     assert any("dcs-backup demo" in line for line in head)
     assert any("pytest" in line and "[test]" in line for line in head)
