@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ._integrity import VerifyMode
 from ._retry import RetryPolicy
 
 MiB = 1024 * 1024
@@ -30,6 +31,11 @@ class DownloadConfig:
                      seconds (default 60; shrinks for short-lived links).
     retry:           the per-file retry policy: failures in a row without progress, and a
                      time bound (default 10 failures, 3600 s).
+    verify:          "auto" (default: size, RDB CRC-64, AOF format, MD5 where a file has no
+                     checksum of its own) or "full" (also MD5 and SHA-256 of every file).
+    check_space:     refuse to start when the file system cannot hold the backup (default
+                     True).
+    allow_http:      accept plain http:// links to hosts other than loopback (default False).
     """
 
     concurrency: int = 8
@@ -39,6 +45,9 @@ class DownloadConfig:
     link_expiration: int = 3600
     refresh_margin: float = 60.0
     retry: RetryPolicy = field(default_factory=_default_file_retry)
+    verify: VerifyMode = "auto"
+    check_space: bool = True
+    allow_http: bool = False
 
     def __post_init__(self) -> None:
         if not 1 <= self.concurrency <= 256:
@@ -47,3 +56,5 @@ class DownloadConfig:
             raise ValueError("write_size must be at least 64 KiB")
         if self.read_timeout <= 0 or self.connect_timeout <= 0:
             raise ValueError("timeouts must be positive")
+        if self.verify not in ("auto", "full"):
+            raise ValueError("verify must be 'auto' or 'full'")

@@ -4,29 +4,43 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import os
+import shutil
 import ssl
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import aiohttp
 from yarl import URL
 
 from ._api import Client
 from ._config import DownloadConfig
-from ._errors import ConfigError, DcsBackupError
-from ._events import BackupStarted, EventBus, FileFailed, FileSkipped, LinksRefreshed, Subscriber
+from ._errors import ConfigError, DcsBackupError, DiskSpaceError
+from ._events import (
+    BackupStarted,
+    EventBus,
+    FileFailed,
+    FileSkipped,
+    LinksRefreshed,
+    Subscriber,
+)
+from ._integrity import FileChecks
 from ._links import LinkSource
-from ._models import BackupLinks
+from ._manifest import build_manifest, manifest_entries, read_manifest, write_manifest
+from ._models import Backup, BackupLinks
 from ._obs import normalize_etag, parse_content_length, parse_content_range, parse_obs_error
 from ._result import DownloadResult, FileResult
 from ._state import FilePaths, load_state, part_length
 from ._transfer import FileTransfer, TransferContext
+from ._verify import verify_file
 
 log = logging.getLogger("dcs_backup.downloader")
+DISK_FULL = "the disk is full"
 
 
 @dataclass
@@ -35,6 +49,8 @@ class _Plan:
     size: int | None = None
     etag: str | None = None
     done: bool = False
+    checks: FileChecks | None = None
+    refused: str | None = None  # why an existing file cannot be kept
 
 
 async def download_backup(
@@ -52,25 +68,20 @@ async def download_backup(
 
     ``links`` may be given (e.g. a saved links answer); with a ``client`` too, links that
     expire are fetched again through the API, without one an expired link fails its file.
-    The result lists every file; ``result.ok`` is False when any failed (their ``.part``
-    files are kept, and a rerun resumes them).
+    Every file is verified before it gets its final name, and ``output_dir/manifest.json``
+    records how. The result lists every file; ``result.ok`` is False when any failed (their
+    ``.part`` files are kept, and a rerun resumes them).
     """
     config = config or DownloadConfig()
     directory = _prepare_directory(Path(output_dir))
     bus = EventBus(subscribers)
-    refresh = None
-    if client is not None:
-        api = client
-
-        async def refresh() -> BackupLinks:
-            return await api.get_backup_links(
-                instance_id, backup_id, expiration=config.link_expiration
-            )
-
+    refresh = _refresher(client, instance_id, backup_id, config)
     if links is None:
         if refresh is None:
             raise ConfigError("download_backup needs a client or links")
         links = await refresh()
+    _check_link_schemes(links, config)
+    backup = await _backup_record(client, instance_id, backup_id)
     source = LinkSource(
         links,
         refresh,
@@ -78,39 +89,30 @@ async def download_backup(
         on_refresh=lambda count, reason: bus.emit(LinksRefreshed(count, reason)),
     )
     started = time.monotonic()
+    results: dict[str, FileResult] = {}
     async with _download_session(config, ssl_context) as session:
         ctx = TransferContext(session, source, directory, backup_id, config, bus)
         plans = await _plan(ctx)
-        todo = [p for p in plans if not p.done]
+        todo = [p for p in plans if not p.done and not p.refused]
+        if config.check_space:
+            _check_free_space(directory, todo)
         sizes = [p.size for p in plans]
         total = None if any(s is None for s in sizes) else sum(s or 0 for s in sizes)
         bus.emit(BackupStarted(backup_id, len(plans), total))
-        results: dict[str, FileResult] = {}
         for plan in plans:
             if plan.done:
-                size = (
-                    plan.size
-                    if plan.size is not None
-                    else FilePaths(directory, plan.name).final.stat().st_size
-                )
+                size = plan.checks.size if plan.checks else plan.size or 0
                 bus.emit(FileSkipped(plan.name, size, "already complete"))
-                results[plan.name] = FileResult(plan.name, "skipped", directory / plan.name, size)
-        # Largest first: a backup is done when its largest shard is. Unknown sizes go first.
-        todo.sort(key=lambda p: -1 if p.size is None else -p.size)
-        queue: asyncio.Queue[_Plan] = asyncio.Queue()
-        for plan in todo:
-            queue.put_nowait(plan)
-
-        async def worker() -> None:
-            while not queue.empty():
-                plan = queue.get_nowait()
-                result = await FileTransfer(ctx, plan.name, plan.size).run()
-                if result.status == "failed":
-                    bus.emit(FileFailed(result.name, result.error or "failed"))
-                results[plan.name] = result
-
-        await asyncio.gather(*(worker() for _ in range(min(config.concurrency, len(todo)))))
-    return DownloadResult(
+                results[plan.name] = FileResult(
+                    plan.name, "skipped", directory / plan.name, size, checks=plan.checks
+                )
+            elif plan.refused:
+                bus.emit(FileFailed(plan.name, plan.refused))
+                results[plan.name] = FileResult(
+                    plan.name, "failed", directory / plan.name, plan.size, error=plan.refused
+                )
+        await _run_transfers(ctx, todo, results)
+    result = DownloadResult(
         backup_id=backup_id,
         directory=directory,
         files=tuple(results[p.name] for p in plans),
@@ -119,6 +121,86 @@ async def download_backup(
         retries=ctx.stats.retries,
         refreshes=source.refresh_count,
     )
+    _write_manifest(directory, instance_id, backup_id, backup, result)
+    return result
+
+
+async def _run_transfers(
+    ctx: TransferContext, todo: list[_Plan], results: dict[str, FileResult]
+) -> None:
+    # Largest first: a backup is done when its largest shard is. Unknown sizes go first.
+    todo.sort(key=lambda p: -1 if p.size is None else -p.size)
+    queue = list(reversed(todo))
+    disk_full = False
+
+    async def worker() -> None:
+        nonlocal disk_full
+        while queue:
+            plan = queue.pop()
+            if disk_full:  # every other file would fail the same way: do not start it
+                error = f"not started: {DISK_FULL}"
+                results[plan.name] = FileResult(
+                    plan.name, "failed", ctx.directory / plan.name, plan.size, error=error
+                )
+                continue
+            result = await FileTransfer(ctx, plan.name, plan.size).run()
+            if result.status == "failed":
+                disk_full = disk_full or (result.error or "").startswith(DISK_FULL)
+                ctx.bus.emit(FileFailed(result.name, result.error or "failed"))
+            results[plan.name] = result
+
+    await asyncio.gather(*(worker() for _ in range(min(ctx.config.concurrency, len(todo)))))
+
+
+def _refresher(
+    client: Client | None, instance_id: str, backup_id: str, config: DownloadConfig
+) -> Callable[[], Awaitable[BackupLinks]] | None:
+    if client is None:
+        return None
+
+    async def refresh() -> BackupLinks:
+        links = await client.get_backup_links(
+            instance_id, backup_id, expiration=config.link_expiration
+        )
+        _check_link_schemes(links, config)
+        return links
+
+    return refresh
+
+
+async def _backup_record(client: Client | None, instance_id: str, backup_id: str) -> Backup | None:
+    """The backup's record for the manifest (format, creation time), when the API says."""
+    if client is None:
+        return None
+    try:
+        for backup in await client.list_backups(instance_id):
+            if backup.backup_id == backup_id:
+                return backup
+    except DcsBackupError as exc:
+        log.info("backup record not available for the manifest: %s", exc)
+    return None
+
+
+def _check_link_schemes(links: BackupLinks, config: DownloadConfig) -> None:
+    """Plain http links are accepted only to loopback hosts, unless allowed explicitly."""
+    if config.allow_http:
+        return
+    for link in links.links:
+        parts = urlsplit(link.url)
+        if parts.scheme == "http" and not _is_loopback(parts.hostname or ""):
+            raise ConfigError(
+                f"the link of {link.file_name} is plain http to {parts.hostname}: refusing an "
+                "unencrypted download (pass --allow-http to accept it)"
+            )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _prepare_directory(directory: Path) -> Path:
@@ -133,6 +215,43 @@ def _prepare_directory(directory: Path) -> Path:
     if not os.access(directory, os.W_OK | os.X_OK):
         raise ConfigError(f"the output directory {directory} is not writable")
     return directory.resolve()
+
+
+def _check_free_space(directory: Path, todo: list[_Plan]) -> None:
+    needed = 0
+    for plan in todo:
+        if plan.size is not None:
+            needed += max(plan.size - part_length(FilePaths(directory, plan.name)), 0)
+    free = shutil.disk_usage(directory).free
+    if needed > free:
+        raise DiskSpaceError(
+            f"{directory} has {free / 2**20:.0f} MiB free but the backup needs "
+            f"{needed / 2**20:.0f} MiB more: free some space or choose another directory"
+        )
+
+
+def _write_manifest(
+    directory: Path,
+    instance_id: str,
+    backup_id: str,
+    backup: Backup | None,
+    result: DownloadResult,
+) -> None:
+    from . import __version__
+
+    checks = [f.checks for f in result.files if f.checks is not None and f.status != "failed"]
+    manifest = build_manifest(
+        instance_id=instance_id,
+        backup_id=backup_id,
+        backup=backup,
+        files=checks,
+        complete=result.ok,
+        tool_version=__version__,
+    )
+    try:
+        write_manifest(directory, manifest)
+    except OSError as exc:
+        log.warning("could not write the manifest: %s", exc.strerror or exc)
 
 
 @contextlib.asynccontextmanager
@@ -160,6 +279,10 @@ async def _download_session(
 
 async def _plan(ctx: TransferContext) -> list[_Plan]:
     """What each file needs: skip finished ones, learn sizes (for ordering and the total)."""
+    try:
+        known = manifest_entries(read_manifest(ctx.directory))
+    except (ValueError, OSError):
+        known = {}
     plans = []
     for name in ctx.links.names():
         paths = FilePaths(ctx.directory, name)
@@ -178,21 +301,36 @@ async def _plan(ctx: TransferContext) -> list[_Plan]:
     for plan in plans:
         paths = FilePaths(ctx.directory, plan.name)
         if paths.final.exists() and not paths.part.exists():
-            on_disk = paths.final.stat().st_size
-            if plan.size is None or plan.size == on_disk:
-                plan.done = True
-            else:
-                log.warning(
-                    "%s exists with %d bytes but the backup's file has %s: downloading again",
-                    plan.name,
-                    on_disk,
-                    plan.size,
-                )
+            await _judge_existing(plan, paths.final, known.get(plan.name))
         elif paths.part.exists() and load_state(paths, ctx.backup_id) is None:
             log.info("%s.part has no usable resume state: starting it over", plan.name)
         elif paths.part.exists():
             log.info("%s: resuming at byte %d", plan.name, part_length(paths))
     return plans
+
+
+async def _judge_existing(plan: _Plan, path: Path, entry: FileChecks | None) -> None:
+    """A file already under its final name: keep it only if it is provably the object."""
+    on_disk = path.stat().st_size
+    if plan.size is not None and plan.size != on_disk:
+        plan.refused = (
+            f"{path.name} exists with {on_disk} bytes but the backup's file has {plan.size}: "
+            "move it away and run again"
+        )
+        return
+    if entry is not None and entry.size == on_disk and (entry.etag in (None, plan.etag)):
+        plan.done, plan.checks = True, entry
+        return
+    report = await asyncio.to_thread(verify_file, path, None)
+    if report.ok:
+        plan.done, plan.checks = True, report.checks
+        if report.checks is not None:
+            report.checks.etag = plan.etag
+    else:
+        plan.refused = (
+            f"{path.name} exists but fails its check ({'; '.join(report.problems)}): "
+            "move it away and run again"
+        )
 
 
 async def _probe(ctx: TransferContext, name: str) -> tuple[int | None, str | None]:

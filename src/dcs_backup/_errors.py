@@ -75,3 +75,11 @@ class TransferError(DcsBackupError):
 
 class DownloadFailedError(DcsBackupError):
     """Some files of a backup failed; their partial files are kept for a rerun."""
+
+
+class IntegrityError(DcsBackupError):
+    """A downloaded file failed a check (size, RDB checksum, AOF format, MD5 against ETag)."""
+
+
+class DiskSpaceError(DcsBackupError):
+    """The output directory's file system cannot hold the backup."""

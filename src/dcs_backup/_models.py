@@ -64,7 +64,11 @@ def check_file_name(name: object, *, where: str = "links answer") -> str:
     """Accept only a plain base name; anything that could leave the output directory is refused."""
     if not isinstance(name, str) or not name:
         raise UnsafeNameError(f"{where}: empty or non-text file name {name!r}")
-    if name in (".", "..") or not _SAFE_NAME.match(name) or name.endswith((".part", ".state")):
+    if (
+        name in (".", "..", "manifest.json")
+        or not _SAFE_NAME.match(name)
+        or name.endswith((".part", ".state", ".tmp"))
+    ):
         raise UnsafeNameError(f"{where}: refusing unsafe file name {name!r}")
     return name
 

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from ._integrity import FileChecks
+
 FileStatus = Literal["downloaded", "skipped", "failed"]
 
 
@@ -18,6 +20,7 @@ class FileResult:
     resumed_from: int = 0
     seconds: float = 0.0
     error: str | None = None
+    checks: FileChecks | None = None
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,7 @@ class DownloadResult:
                     "resumed_from": f.resumed_from,
                     "seconds": round(f.seconds, 3),
                     "error": f.error,
+                    "verified": f.checks.verified if f.checks else [],
                 }
                 for f in self.files
             ],

@@ -22,6 +22,7 @@ class ResumeState:
     file_name: str
     size: int | None
     etag: str | None
+    md5_etag: bool = False  # the ETag is the MD5 of the bytes (single part, not encrypted)
 
 
 class FilePaths:
@@ -48,7 +49,13 @@ def load_state(paths: FilePaths, backup_id: str) -> ResumeState | None:
         return None
     if not (etag is None or isinstance(etag, str)):
         return None
-    return ResumeState(backup_id=backup_id, file_name=paths.final.name, size=size, etag=etag)
+    return ResumeState(
+        backup_id=backup_id,
+        file_name=paths.final.name,
+        size=size,
+        etag=etag,
+        md5_etag=data.get("md5_etag") is True,
+    )
 
 
 def save_state(paths: FilePaths, state: ResumeState) -> None:

@@ -15,9 +15,10 @@ import tenacity
 from yarl import URL
 
 from ._config import DownloadConfig
-from ._errors import DcsBackupError, LinkExpiredError, TransferError
+from ._errors import DcsBackupError, IntegrityError, LinkExpiredError, TransferError
 from ._events import EventBus, FileDone, FileProgress, FileRetry, FileStarted
 from ._http import parse_http_date, parse_retry_after
+from ._integrity import FileChecks, StreamVerifier, etag_is_md5
 from ._links import LinkSource
 from ._obs import normalize_etag, parse_content_length, parse_content_range, parse_obs_error
 from ._redact import redact
@@ -37,6 +38,8 @@ log = logging.getLogger("dcs_backup.transfer")
 _RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
 _FREE_RESTARTS = 3  # starting a file over is free this often per attempt, then it is a failure
 _MAX_REFRESHES_WITHOUT_PROGRESS = 2
+_INTEGRITY_RETRIES = 1  # a file failing a check is fetched again from byte 0 this often
+_SSE_HEADERS = ("x-obs-server-side-encryption", "x-amz-server-side-encryption")
 
 
 class _Restart(Exception):
@@ -99,6 +102,9 @@ class FileTransfer:
         self.paths = FilePaths(ctx.directory, name)
         self.size: int | None = None
         self.etag: str | None = None
+        self.md5_etag = False
+        self.verifier: StreamVerifier | None = None
+        self.checks: FileChecks | None = None
         self.offset = 0
         self.resumed_from = 0
         self.failures = 0
@@ -110,20 +116,26 @@ class FileTransfer:
     async def run(self) -> FileResult:
         started = time.monotonic()
         try:
-            self._open()
+            await self._open()
             self.resumed_from = self.offset
             size = self.size if self.size is not None else self.size_hint
             self.ctx.bus.emit(FileStarted(self.name, size, self.offset))
-            retrying = self.ctx.config.retry.retrying(
-                is_retryable=is_retryable,
-                retry_after=lambda e: e.retry_after if isinstance(e, TransferError) else None,
-                failures=lambda _state: self.failures,
-                before_sleep=self._before_retry,
-            )
-            async for attempt in retrying:
-                with attempt:
-                    await self._until_failure()
-            await self._finalize()
+            for check_round in range(_INTEGRITY_RETRIES + 1):
+                await self._download()
+                try:
+                    await self._finalize()
+                    break
+                except IntegrityError as exc:
+                    # Corrupt bytes never get the final name: fetch the file again from byte 0.
+                    self._reset()
+                    if check_round == _INTEGRITY_RETRIES:
+                        self._close()
+                        clear_state(self.paths)
+                        raise IntegrityError(f"failed its check twice: {exc}") from None
+                    self.ctx.stats.retries += 1
+                    reason = f"failed its check, fetching it again: {exc}"
+                    log.warning("%s %s", self.name, reason)
+                    self.ctx.bus.emit(FileRetry(self.name, 0, 0.0, reason))
         except (DcsBackupError, aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
             self._close()
             reason = _disk_error(exc, self.paths.part) or describe(exc)
@@ -142,10 +154,29 @@ class FileTransfer:
         assert self.size is not None
         self.ctx.bus.emit(FileDone(self.name, self.size, self.resumed_from, seconds))
         return FileResult(
-            self.name, "downloaded", self.paths.final, self.size, self.resumed_from, seconds
+            self.name,
+            "downloaded",
+            self.paths.final,
+            self.size,
+            self.resumed_from,
+            seconds,
+            checks=self.checks,
         )
 
-    def _open(self) -> None:
+    async def _download(self) -> None:
+        """Retry requests until every byte is on disk (or the retry policy gives up)."""
+        retrying = self.ctx.config.retry.retrying(
+            is_retryable=is_retryable,
+            retry_after=lambda e: e.retry_after if isinstance(e, TransferError) else None,
+            failures=lambda _state: self.failures,
+            before_sleep=self._before_retry,
+        )
+        self.failures = 0
+        async for attempt in retrying:
+            with attempt:
+                await self._until_failure()
+
+    async def _open(self) -> None:
         state = load_state(self.paths, self.ctx.backup_id)
         flags = os.O_WRONLY | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
         self._fd = os.open(self.paths.part, flags, 0o600)
@@ -153,11 +184,23 @@ class FileTransfer:
             os.ftruncate(self._fd, 0)
             self.offset = 0
             return
-        self.size, self.etag = state.size, state.etag
+        self.size, self.etag, self.md5_etag = state.size, state.etag, state.md5_etag
         self.offset = part_length(self.paths)
         if self.offset > state.size:  # longer than the object: cannot be ours
             os.ftruncate(self._fd, 0)
             self.offset = 0
+        self._new_verifier()
+        if self.offset:
+            # A resumed file is checked as strictly as a fresh one: hash what is on disk.
+            assert self.verifier is not None
+            await asyncio.get_running_loop().run_in_executor(
+                None, self.verifier.catch_up, self.paths.part, self.offset
+            )
+
+    def _new_verifier(self) -> None:
+        self.verifier = StreamVerifier(
+            self.name, mode=self.ctx.config.verify, etag=self.etag, md5_etag=self.md5_etag
+        )
 
     def _close(self) -> None:
         if self._fd is not None:
@@ -225,7 +268,8 @@ class FileTransfer:
                 log.info("%s: server ignored Range, starting over", self.name)
                 self._reset()
             size = parse_content_length(resp.headers.get("Content-Length"))
-            self._adopt(size, etag)
+            encrypted = any(h in resp.headers for h in _SSE_HEADERS)
+            self._adopt(size, etag, etag_is_md5(etag, encrypted=encrypted))
             return size
         if status == 206:
             span = parse_content_range(resp.headers.get("Content-Range"))
@@ -308,11 +352,18 @@ class FileTransfer:
             retryable=False,
         )
 
-    def _adopt(self, size: int | None, etag: str | None) -> None:
+    def _adopt(self, size: int | None, etag: str | None, md5_etag: bool) -> None:
         """A full answer from byte 0: remember which object it is before writing a byte."""
         if size != self.size or etag != self.etag or not self.paths.state.exists():
-            self.size, self.etag = size, etag
-            save_state(self.paths, ResumeState(self.ctx.backup_id, self.name, self.size, self.etag))
+            self.size, self.etag, self.md5_etag = size, etag, md5_etag
+            self._save_state()
+        self._new_verifier()
+
+    def _save_state(self) -> None:
+        save_state(
+            self.paths,
+            ResumeState(self.ctx.backup_id, self.name, self.size, self.etag, self.md5_etag),
+        )
 
     def _reset(self) -> None:
         assert self._fd is not None
@@ -320,6 +371,7 @@ class FileTransfer:
         if self.offset:
             self.ctx.bus.emit(FileProgress(self.name, 0, self.size, -self.offset))
         self.offset = 0
+        self._new_verifier()
 
     async def _stream(self, resp: aiohttp.ClientResponse, expected: int | None) -> None:
         """Body to disk in ``write_size`` pieces, each written at its offset in a thread."""
@@ -340,17 +392,18 @@ class FileTransfer:
         if expected is None:
             if self.size is None:
                 self.size = self.offset
-                save_state(
-                    self.paths, ResumeState(self.ctx.backup_id, self.name, self.size, self.etag)
-                )
+                self._save_state()
         elif received != expected:
             raise TransferError(f"the body ended after {received} of {expected} bytes")
 
     async def _write(self, data: bytes) -> None:
         assert self._fd is not None
+        if self.verifier is None:
+            self._new_verifier()
         fd, offset = self._fd, self.offset
+        # Writing and hashing in a worker thread overlaps both with the network.
         written = await asyncio.get_running_loop().run_in_executor(
-            None, _pwrite_all, fd, data, offset
+            None, _write_and_check, fd, data, offset, self.verifier
         )
         self.offset += written
         self.ctx.stats.bytes_received += written
@@ -363,18 +416,25 @@ class FileTransfer:
         on_disk = os.fstat(self._fd).st_size
         if self.size is None or on_disk != self.size:
             raise TransferError(f"{on_disk} bytes on disk, expected {self.size}", retryable=False)
-        await asyncio.get_running_loop().run_in_executor(None, os.fsync, self._fd)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, os.fsync, self._fd)
+        assert self.verifier is not None
+        self.checks = await loop.run_in_executor(
+            None, self.verifier.finish, self.paths.part, self.size
+        )
         self._close()
         os.replace(self.paths.part, self.paths.final)
         clear_state(self.paths)
         fsync_directory(self.ctx.directory)
 
 
-def _pwrite_all(fd: int, data: bytes, offset: int) -> int:
+def _write_and_check(fd: int, data: bytes, offset: int, verifier: StreamVerifier | None) -> int:
     view = memoryview(data)
     done = 0
     while done < len(view):
         done += os.pwrite(fd, view[done:], offset + done)
+    if verifier is not None:
+        verifier.update(data)
     return done
 
 

@@ -6,7 +6,15 @@ import random
 from collections import Counter
 from dataclasses import dataclass, field
 
-FAULT_KINDS = ("reset", "error_500", "slowdown_503", "truncate", "stall", "ignore_range")
+FAULT_KINDS = (
+    "reset",
+    "error_500",
+    "slowdown_503",
+    "truncate",
+    "stall",
+    "ignore_range",
+    "corrupt",
+)
 
 
 @dataclass(kw_only=True)
@@ -16,10 +24,11 @@ class Faults:
     link_lifetime:  seconds a presigned link lives, whatever expiration the client asked
                     (None: as asked).
     rate_limit:     bytes per second per response (None: unlimited), as stores cap streams.
-    reset, error_500, slowdown_503, truncate, stall, ignore_range: probabilities, per request,
-                    of dropping the connection before answering, answering 500 InternalError,
-                    503 SlowDown, ending the body early, pausing the body for
-                    ``stall_seconds``, and answering a Range request with the whole object.
+    reset, error_500, slowdown_503, truncate, stall, ignore_range, corrupt: probabilities,
+                    per request, of dropping the connection before answering, answering
+                    500 InternalError, 503 SlowDown, ending the body early, pausing the body
+                    for ``stall_seconds``, answering a Range request with the whole object,
+                    and flipping one bit of the body (a lying server or a bad middlebox).
     cut_after:      drop every response after this many body bytes (None: never).
     seed:           makes the fault schedule repeatable.
     """
@@ -33,6 +42,7 @@ class Faults:
     stall: float = 0.0
     stall_seconds: float = 60.0
     ignore_range: float = 0.0
+    corrupt: float = 0.0
     cut_after: int | None = None
     seed: int | None = None
     _rng: random.Random = field(init=False, repr=False)

@@ -484,6 +484,7 @@ class Emulator:
         if self.faults.cut_after is not None:
             stop_at = min(stop_at, self.faults.cut_after)
         stall_at = int(length * self.faults.fraction()) if fault == "stall" else -1
+        flip_at = int(stop_at * self.faults.fraction()) if fault == "corrupt" else -1
         rate = self.faults.rate_limit
         chunk = _SEND_CHUNK if not rate else max(min(_SEND_CHUNK, rate // 20), 1024)
         began = time.monotonic()
@@ -496,7 +497,12 @@ class Emulator:
                 n = min(chunk, stop_at - sent)
                 if 0 <= stall_at < sent + n:
                     n = max(stall_at - sent, 1)
-                await resp.write(obj.read(start + sent, n))
+                piece = obj.read(start + sent, n)
+                if sent <= flip_at < sent + n:
+                    spoiled = bytearray(piece)
+                    spoiled[flip_at - sent] ^= 0x10
+                    piece = bytes(spoiled)
+                await resp.write(piece)
                 sent += n
                 self.stats.bytes_sent += n
                 if rate:
