@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -47,3 +49,32 @@ def cli_env(emu: Emulator, **extra: str) -> dict[str, str]:
 
 
 CLI = [sys.executable, "-m", "dcs_backup"]
+
+
+class ThreadedEmulator:
+    """An emulator on its own event loop in a thread, for tests that call the CLI in-process."""
+
+    def __init__(self, **kwargs: object) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.emulator = Emulator(**kwargs)  # type: ignore[arg-type]
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+
+    def __enter__(self) -> Emulator:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self.emulator.start(), self.loop).result(10)
+        return self.emulator
+
+    def __exit__(self, *exc: object) -> None:
+        asyncio.run_coroutine_threadsafe(self.emulator.stop(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+        self.loop.close()
+
+
+@pytest.fixture
+def threaded_emulator(monkeypatch: pytest.MonkeyPatch) -> Iterator[Emulator]:
+    with ThreadedEmulator() as emu:
+        for name, value in cli_env(emu).items():
+            if name.startswith(("HUAWEICLOUD_", "DCS_BACKUP_")):
+                monkeypatch.setenv(name, value)
+        yield emu

@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    import ssl
+
     from ._api import Client
     from ._auth import Credentials
     from ._result import DownloadResult
@@ -71,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     api.add_argument("--iam-endpoint", help="IAM endpoint URL (env HUAWEICLOUD_SDK_IAM_ENDPOINT)")
     api.add_argument("--ak", help="access key id (prefer env HUAWEICLOUD_SDK_AK)")
     api.add_argument("--sk", help=argparse.SUPPRESS)  # visible to `ps`: env is the way
+    api.add_argument(
+        "--ca-bundle", type=Path, help="PEM file of CA certificates to trust (private CAs, proxies)"
+    )
     common.add_argument(
         "-v",
         "--verbose",
@@ -105,6 +110,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output-dir", required=True, type=Path)
     p.add_argument("--links-file", help="a saved links answer (JSON), or - for stdin")
     _add_download_options(p)
+
+    p = sub.add_parser(
+        "verify", help="check downloaded files against the manifest and their formats"
+    )
+    p.add_argument("directory", type=Path)
+    p.add_argument("--json", action="store_true", help="print the verdicts as JSON on stdout")
+    p.add_argument("-v", "--verbose", action="count", default=0)
 
     p = sub.add_parser(
         "demo", parents=[common], help="download a generated backup from a local, faulty emulator"
@@ -154,6 +166,23 @@ def _add_download_options(p: argparse.ArgumentParser) -> None:
         default=10,
         help="failures in a row without progress before a file fails (10)",
     )
+    p.add_argument(
+        "--verify",
+        choices=("auto", "full"),
+        default="auto",
+        help="auto: size, RDB CRC-64, AOF format, MD5 where no checksum; "
+        "full: also MD5 and SHA-256 of every file (auto)",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="start even when the disk looks too small for the backup",
+    )
+    p.add_argument(
+        "--allow-http",
+        action="store_true",
+        help="accept plain http:// download links to non-loopback hosts",
+    )
     p.add_argument("--no-progress", action="store_true", help="plain lines instead of bars")
     p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
 
@@ -175,6 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "backups": _cmd_backups,
         "links": _cmd_links,
         "download": _cmd_download,
+        "verify": _cmd_verify,
         "demo": _cmd_demo,
         "emulator": _cmd_emulator,
     }[args.command]
@@ -217,6 +247,19 @@ def _credentials(args: argparse.Namespace, *, required: bool = True) -> Credenti
         return None
 
 
+def _ssl_context(args: argparse.Namespace) -> ssl.SSLContext | None:
+    if not getattr(args, "ca_bundle", None):
+        return None
+    import ssl
+
+    from ._errors import ConfigError
+
+    try:
+        return ssl.create_default_context(cafile=str(args.ca_bundle))
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"cannot use the CA bundle {args.ca_bundle}: {exc}") from None
+
+
 def _client(args: argparse.Namespace, credentials: Credentials) -> Client:
     from ._api import Client
 
@@ -226,6 +269,7 @@ def _client(args: argparse.Namespace, credentials: Credentials) -> Client:
         endpoint=args.endpoint,
         iam_endpoint=args.iam_endpoint,
         project_id=args.project_id,
+        ssl_context=_ssl_context(args),
     )
 
 
@@ -295,6 +339,9 @@ async def _cmd_download(args: argparse.Namespace) -> int:
             read_timeout=args.read_timeout,
             link_expiration=args.expiration,
             retry=RetryPolicy(attempts=args.retries, timeout=3600.0),
+            verify=args.verify,
+            check_space=not args.force,
+            allow_http=args.allow_http,
         )
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
@@ -318,6 +365,7 @@ async def _cmd_download(args: argparse.Namespace) -> int:
                     links=links,
                     config=config,
                     subscribers=[progress],
+                    ssl_context=_ssl_context(args),
                 )
         else:
             result = await download_backup(
@@ -328,6 +376,7 @@ async def _cmd_download(args: argparse.Namespace) -> int:
                 links=links,
                 config=config,
                 subscribers=[progress],
+                ssl_context=_ssl_context(args),
             )
     finally:
         progress.close()
@@ -359,13 +408,56 @@ def _report(result: DownloadResult, *, as_json: bool) -> int:
             f"{result.refreshes} link refreshes -> {result.directory}"
         )
     print(line, file=sys.stderr)
+    disk_full = [f for f in result.failed if "the disk is full" in (f.error or "")]
+    if disk_full:
+        print(
+            f"error: the disk is full in {result.directory}: free some space and run the same "
+            f"command again to resume ({len(disk_full)} files kept as partials)",
+            file=sys.stderr,
+        )
     for failed in result.failed:
-        print(f"failed: {failed.name}: {failed.error}", file=sys.stderr)
-    if result.failed:
+        if failed not in disk_full:
+            print(f"failed: {failed.name}: {failed.error}", file=sys.stderr)
+    if result.failed and not disk_full:
         print("the partial files are kept: run the same command again to resume", file=sys.stderr)
     if as_json:
         print(json.dumps(summary, indent=2))
     return EXIT_OK if result.ok else EXIT_FAILED
+
+
+async def _cmd_verify(args: argparse.Namespace) -> int:
+    from ._errors import ConfigError
+    from ._verify import verify_directory
+
+    if not args.directory.is_dir():
+        raise ConfigError(f"{args.directory} is not a directory")
+    reports = await verify_directory(args.directory)
+    if not reports:
+        raise ConfigError(f"{args.directory} holds no manifest and no .rdb or .aof files")
+    bad = [r for r in reports if not r.ok]
+    if args.json:
+        print(
+            json.dumps(
+                [
+                    {
+                        "name": r.name,
+                        "ok": r.ok,
+                        "problems": r.problems,
+                        "verified": r.checks.verified if r.checks else [],
+                    }
+                    for r in reports
+                ],
+                indent=2,
+            )
+        )
+    for report in reports:
+        if report.ok:
+            what = ", ".join(report.checks.verified) if report.checks else ""
+            print(f"ok   {report.name} ({what})", file=sys.stderr)
+        else:
+            print(f"BAD  {report.name}: {'; '.join(report.problems)}", file=sys.stderr)
+    print(f"{len(reports) - len(bad)} good, {len(bad)} bad in {args.directory}", file=sys.stderr)
+    return EXIT_FAILED if bad else EXIT_OK
 
 
 async def _cmd_demo(args: argparse.Namespace) -> int:

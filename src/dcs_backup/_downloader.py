@@ -226,7 +226,8 @@ def _check_free_space(directory: Path, todo: list[_Plan]) -> None:
     if needed > free:
         raise DiskSpaceError(
             f"{directory} has {free / 2**20:.0f} MiB free but the backup needs "
-            f"{needed / 2**20:.0f} MiB more: free some space or choose another directory"
+            f"{needed / 2**20:.0f} MiB more: free some space, choose another directory, "
+            "or pass --force"
         )
 
 

@@ -11,7 +11,7 @@ import re
 import anycrc
 
 _CRC64 = anycrc.Model("CRC64-REDIS")
-_MAGIC = re.compile(rb"^(REDIS|VALKEY)(\d{3,4})$")
+_MAGIC = re.compile(rb"^(?:REDIS(\d{4})|VALKEY(\d{3}))$")  # 9 bytes either way
 EOF_OPCODE = 0xFF
 _MAX_LINE = 64  # RESP header lines ("*<n>", "$<len>") are short; longer means garbage
 
@@ -65,10 +65,10 @@ class RdbChecker:
         self._tail = bytes(view[-8:])
 
     def finish(self) -> None:
-        magic = _MAGIC.match(self._head[:9]) or _MAGIC.match(self._head[:10])
+        magic = _MAGIC.match(self._head[:9])
         if not magic:
             raise FormatError("not an RDB file: it does not start with REDIS and a version")
-        self.version = int(magic.group(2)) if magic.group(1) == b"REDIS" else None
+        self.version = int(magic.group(1)) if magic.group(1) else None
         if self.size < 18 or len(self._tail) != 8:
             raise FormatError(f"RDB file too short ({self.size} bytes)")
         if self._last_crc_byte != EOF_OPCODE:
@@ -180,13 +180,13 @@ class AofChecker:
     def update(self, data: bytes) -> None:
         if self._mode == "start":
             self._head += data
-            if len(self._head) < 5:
+            if len(self._head) < 9:
                 return
             data, self._head = self._head, b""
-            self._mode = "preamble" if data.startswith((b"REDIS", b"VALKEY")) else "resp"
-            if self._mode == "preamble":
-                magic = _MAGIC.match(data[:9])
-                self.preamble_version = int(magic.group(2)) if magic else None
+            magic = _MAGIC.match(data[:9])
+            self._mode = "preamble" if magic else "resp"
+            if magic and magic.group(1):
+                self.preamble_version = int(magic.group(1))
         if self._mode == "preamble":
             data = self._scan_preamble(data)
         if self._mode == "resp" and data:
@@ -228,7 +228,8 @@ class AofChecker:
 
     def finish(self) -> None:
         if self._mode == "start" and self._head:
-            raise FormatError("not a valid AOF: too short")
+            self._mode = "resp"  # a tiny AOF: a few bytes of RESP at most
+            self._resp.update(self._head)
         if self._mode == "preamble":
             raise FormatError("AOF's RDB preamble has no valid end (0xFF + CRC-64): corrupt")
         self._resp.finish()
