@@ -308,16 +308,17 @@ async def test_disk_full_midway_keeps_partials_and_rerun_completes(
 ) -> None:
     emulator.faults.rate_limit = 8 << 20
     backup_id = emulator.add_generated_backup("inst", shards=4, shard_size=1 << 20)
-    real_pwrite = os.pwrite
+    real_pwritev = os.pwritev
     budget = [1_500_000]  # bytes the "disk" takes before it is full
 
-    def pwrite(fd: int, data: bytes | memoryview, offset: int) -> int:
-        if budget[0] < len(data):
+    def pwritev(fd: int, buffers: list[bytes], offset: int) -> int:
+        size = sum(len(b) for b in buffers)
+        if budget[0] < size:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        budget[0] -= len(data)
-        return real_pwrite(fd, data, offset)
+        budget[0] -= size
+        return real_pwritev(fd, buffers, offset)
 
-    monkeypatch.setattr(os, "pwrite", pwrite)
+    monkeypatch.setattr(os, "pwritev", pwritev)
     result = await download(emulator, "inst", backup_id, tmp_path)
     assert not result.ok
     assert all("the disk is full" in (f.error or "") for f in result.failed)
@@ -325,7 +326,7 @@ async def test_disk_full_midway_keeps_partials_and_rerun_completes(
     assert parts and sum(p.stat().st_size for p in parts) > 0
     for path in tmp_path.glob("*.rdb"):  # only complete files carry a final name
         assert path.read_bytes() == emulator.object_bytes("inst", backup_id, path.name)
-    monkeypatch.setattr(os, "pwrite", real_pwrite)
+    monkeypatch.setattr(os, "pwritev", real_pwritev)
     sent = emulator.stats.bytes_sent
     again = await download(emulator, "inst", backup_id, tmp_path)
     assert again.ok

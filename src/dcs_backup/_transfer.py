@@ -40,6 +40,7 @@ _FREE_RESTARTS = 3  # starting a file over is free this often per attempt, then 
 _MAX_REFRESHES_WITHOUT_PROGRESS = 2
 _INTEGRITY_RETRIES = 1  # a file failing a check is fetched again from byte 0 this often
 _SSE_HEADERS = ("x-obs-server-side-encryption", "x-amz-server-side-encryption")
+_IOV_MAX = 512  # buffers per pwritev call, well under Linux's 1024
 
 
 class _Restart(Exception):
@@ -374,20 +375,38 @@ class FileTransfer:
         self._new_verifier()
 
     async def _stream(self, resp: aiohttp.ClientResponse, expected: int | None) -> None:
-        """Body to disk in ``write_size`` pieces, each written at its offset in a thread."""
+        """Body to disk in ``write_size`` batches, each written at its offset in a thread.
+
+        The socket's chunks are written as they came (``pwritev``, no copying), and one batch
+        is written while the next one is read, so the disk and the network overlap.
+        """
         write_size = self.ctx.config.write_size
         start = self.offset
-        buffer = bytearray()
+        batch: list[bytes] = []
+        batched = 0
+        writing: asyncio.Task[None] | None = None
         try:
-            async for chunk in resp.content.iter_chunked(write_size):
-                buffer += chunk
-                if len(buffer) >= write_size:
-                    await self._write(bytes(buffer))
-                    buffer.clear()
+            while True:
+                # readchunk hands over the socket's chunks one by one; iter_any would join
+                # (copy) everything buffered first.
+                chunk, _ = await resp.content.readchunk()
+                if not chunk:
+                    if resp.content.at_eof():
+                        break
+                    continue
+                batch.append(chunk)
+                batched += len(chunk)
+                if batched >= write_size:
+                    if writing is not None:
+                        await writing
+                    writing = asyncio.ensure_future(self._write(batch))
+                    batch, batched = [], 0
         finally:
             # Bytes that arrived are good bytes at their offset: keep them even on failure.
-            if buffer:
-                await self._write(bytes(buffer))
+            if writing is not None:
+                await writing
+            if batch:
+                await self._write(batch)
         received = self.offset - start
         if expected is None:
             if self.size is None:
@@ -396,14 +415,14 @@ class FileTransfer:
         elif received != expected:
             raise TransferError(f"the body ended after {received} of {expected} bytes")
 
-    async def _write(self, data: bytes) -> None:
+    async def _write(self, pieces: list[bytes]) -> None:
         assert self._fd is not None
         if self.verifier is None:
             self._new_verifier()
         fd, offset = self._fd, self.offset
         # Writing and hashing in a worker thread overlaps both with the network.
         written = await asyncio.get_running_loop().run_in_executor(
-            None, _write_and_check, fd, data, offset, self.verifier
+            None, _write_and_check, fd, pieces, offset, self.verifier
         )
         self.offset += written
         self.ctx.stats.bytes_received += written
@@ -428,13 +447,26 @@ class FileTransfer:
         fsync_directory(self.ctx.directory)
 
 
-def _write_and_check(fd: int, data: bytes, offset: int, verifier: StreamVerifier | None) -> int:
-    view = memoryview(data)
+def _write_and_check(
+    fd: int, pieces: list[bytes], offset: int, verifier: StreamVerifier | None
+) -> int:
+    total = sum(len(p) for p in pieces)
     done = 0
-    while done < len(view):
-        done += os.pwrite(fd, view[done:], offset + done)
+    for i in range(0, len(pieces), _IOV_MAX):
+        group = pieces[i : i + _IOV_MAX]
+        size = sum(len(p) for p in group)
+        wrote = os.pwritev(fd, group, offset + done)
+        if wrote < size:  # a short write (rare for files): finish the rest piece by piece
+            rest = memoryview(b"".join(group))[wrote:]
+            while rest:
+                n = os.pwrite(fd, rest, offset + done + wrote)
+                wrote += n
+                rest = rest[n:]
+        done += wrote
     if verifier is not None:
-        verifier.update(data)
+        for piece in pieces:
+            verifier.update(piece)
+    assert done == total
     return done
 
 
