@@ -216,8 +216,11 @@ async def _wait_for_bytes(directory: Path, at_least: int, timeout: float = 30) -
     raise AssertionError("the download made no progress")
 
 
+@pytest.mark.parametrize("processes", ["1", "2"])
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
-async def test_killed_midway_then_rerun(emulator: Emulator, tmp_path: Path, sig: int) -> None:
+async def test_killed_midway_then_rerun(
+    emulator: Emulator, tmp_path: Path, sig: int, processes: str
+) -> None:
     emulator.faults.rate_limit = 2 * MiB
     backup_id = emulator.add_generated_backup("inst", shards=4, shard_size=3 * MiB)
     size = 4 * 3 * MiB
@@ -231,6 +234,8 @@ async def test_killed_midway_then_rerun(emulator: Emulator, tmp_path: Path, sig:
         "-o",
         str(tmp_path),
         "--no-progress",
+        "--processes",
+        processes,
     ]
     proc = await asyncio.create_subprocess_exec(
         *args, env=cli_env(emulator), stderr=asyncio.subprocess.PIPE
@@ -243,6 +248,9 @@ async def test_killed_midway_then_rerun(emulator: Emulator, tmp_path: Path, sig:
         assert "interrupted" in err.decode()
     else:
         assert proc.returncode == -signal.SIGKILL
+    # Worker processes stop with their parent: nothing is downloading any more.
+    await asyncio.sleep(1.0)
+    assert emulator.stats.active_responses == 0
     # No file sits under its final name unless it is complete.
     for path in tmp_path.iterdir():
         if path.suffix == ".rdb":
@@ -258,3 +266,31 @@ async def test_killed_midway_then_rerun(emulator: Emulator, tmp_path: Path, sig:
     assert sent_before >= 2 * MiB
     # It resumed: what was on disk was not fetched again.
     assert emulator.stats.bytes_sent <= 1.1 * size, (emulator.stats.bytes_sent, size)
+
+
+async def test_worker_processes_share_one_refresh(tmp_path: Path) -> None:
+    # Two processes, links that expire every 2 s, responses cut every 512 KiB: the workers ask
+    # the parent for new links, and the parent's single flight serves them all.
+    faults = Faults(link_lifetime=2, rate_limit=MiB, cut_after=512 * 1024, error_500=0.05, seed=5)
+    async with Emulator(faults=faults) as emu:
+        backup_id = emu.add_generated_backup("inst", shards=4, shard_size=3 * MiB)
+        events: list[Event] = []
+        result = await download(
+            emu,
+            "inst",
+            backup_id,
+            tmp_path,
+            config=quick_config(processes=2),
+            subscribers=[events.append],
+        )
+        assert result.ok, [f.error for f in result.failed]
+        assert_exact(emu, "inst", backup_id, tmp_path)
+        # Events of the worker's files reached this process's subscribers too.
+        assert len([e for e in events if isinstance(e, FileStarted)]) == 4
+        assert emu.stats.links_calls == 1 + result.refreshes
+        assert 1 <= result.refreshes <= result.seconds / 2 + 2
+        assert result.bytes_received == 4 * len(
+            emu.object_bytes("inst", backup_id, result.files[0].name)
+        )
+        manifest = json.loads((tmp_path / "manifest.json").read_text())
+        assert len(manifest["files"]) == 4 and manifest["complete"]

@@ -174,6 +174,12 @@ def _add_download_options(p: argparse.ArgumentParser) -> None:
         "full: also MD5 and SHA-256 of every file (auto)",
     )
     p.add_argument(
+        "--processes",
+        type=_positive_int,
+        help="download in this many processes (default: one per core, at most 4, for "
+        "backups of 256 MiB or more)",
+    )
+    p.add_argument(
         "--force",
         action="store_true",
         help="start even when the disk looks too small for the backup",
@@ -340,6 +346,7 @@ async def _cmd_download(args: argparse.Namespace) -> int:
             link_expiration=args.expiration,
             retry=RetryPolicy(attempts=args.retries, timeout=3600.0),
             verify=args.verify,
+            processes=args.processes,
             check_space=not args.force,
             allow_http=args.allow_http,
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import ipaddress
 import logging
 import os
@@ -19,7 +20,7 @@ import aiohttp
 from yarl import URL
 
 from ._api import Client
-from ._config import DownloadConfig
+from ._config import DownloadConfig, worker_processes
 from ._errors import ConfigError, DcsBackupError, DiskSpaceError
 from ._events import (
     BackupStarted,
@@ -38,6 +39,7 @@ from ._result import DownloadResult, FileResult
 from ._state import FilePaths, load_state, part_length
 from ._transfer import FileTransfer, TransferContext
 from ._verify import verify_file
+from ._workers import WorkerProcess, split_by_size
 
 log = logging.getLogger("dcs_backup.downloader")
 DISK_FULL = "the disk is full"
@@ -128,28 +130,50 @@ async def download_backup(
 async def _run_transfers(
     ctx: TransferContext, todo: list[_Plan], results: dict[str, FileResult]
 ) -> None:
-    # Largest first: a backup is done when its largest shard is. Unknown sizes go first.
-    todo.sort(key=lambda p: -1 if p.size is None else -p.size)
-    queue = list(reversed(todo))
+    """Largest files first (a backup is done when its largest shard is), over the processes
+    the config asks for: this one takes the first share, workers the others."""
+    files = [(p.name, p.size) for p in todo]
+    processes = worker_processes(ctx.config, len(files), sum(p.size or 0 for p in todo))
+    shares = split_by_size(files, processes) if processes > 1 else [files]
+    per_process = max(1, -(-ctx.config.concurrency // len(shares)))
+    local = dataclasses.replace(
+        ctx, config=dataclasses.replace(ctx.config, concurrency=per_process)
+    )
+    verbosity = {logging.INFO: 1, logging.DEBUG: 2}.get(logging.getLogger("dcs_backup").level, 0)
+    remote = [WorkerProcess(local, share, verbosity) for share in shares[1:]]
+    outcomes = await asyncio.gather(
+        _run_here(local, shares[0], results), *(worker.run() for worker in remote)
+    )
+    for outcome in outcomes[1:]:
+        assert isinstance(outcome, dict)
+        for name, result in outcome.items():
+            results[name] = result
+            if result.status == "failed":
+                ctx.bus.emit(FileFailed(name, result.error or "failed"))
+
+
+async def _run_here(
+    ctx: TransferContext, files: list[tuple[str, int | None]], results: dict[str, FileResult]
+) -> None:
+    files = sorted(files, key=lambda f: -1 if f[1] is None else -f[1])
+    queue = list(reversed(files))
     disk_full = False
 
     async def worker() -> None:
         nonlocal disk_full
         while queue:
-            plan = queue.pop()
+            name, size = queue.pop()
             if disk_full:  # every other file would fail the same way: do not start it
                 error = f"not started: {DISK_FULL}"
-                results[plan.name] = FileResult(
-                    plan.name, "failed", ctx.directory / plan.name, plan.size, error=error
-                )
+                results[name] = FileResult(name, "failed", ctx.directory / name, size, error=error)
                 continue
-            result = await FileTransfer(ctx, plan.name, plan.size).run()
+            result = await FileTransfer(ctx, name, size).run()
             if result.status == "failed":
                 disk_full = disk_full or (result.error or "").startswith(DISK_FULL)
                 ctx.bus.emit(FileFailed(result.name, result.error or "failed"))
-            results[plan.name] = result
+            results[name] = result
 
-    await asyncio.gather(*(worker() for _ in range(min(ctx.config.concurrency, len(todo)))))
+    await asyncio.gather(*(worker() for _ in range(min(ctx.config.concurrency, len(files)))))
 
 
 def _refresher(

@@ -99,6 +99,15 @@ class LinkSource:
                 link, link_expires_at(link.url), now, self._generation
             )
 
+    @property
+    def generation(self) -> int:
+        return self._generation
+
+    def snapshot(self) -> BackupLinks:
+        """The current links of every file (to hand to another process)."""
+        links = tuple(entry.link for entry in self._entries.values())
+        return BackupLinks(file_path="", bucket_name="", links=links)
+
     def current(self, name: str) -> tuple[BackupLink, int]:
         entry = self._entries[name]
         return entry.link, entry.generation

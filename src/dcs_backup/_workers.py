@@ -1,0 +1,254 @@
+"""Transfers in worker processes: one event loop is one core, a backup wants them all.
+
+The parent keeps the API client, the single-flight link refresh, the events and the result;
+each worker downloads its share of the files with the same engine and talks to the parent in
+JSON lines over its stdin/stdout. A worker whose stdin closes (its parent died or gave up)
+stops at once, leaving its partial files for a rerun, as the parent would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import sys
+from typing import Any
+
+from ._events import EventBus
+from ._links import LinkSource
+from ._result import FileResult
+from ._transfer import TransferContext
+from ._wire import (
+    config_from_json,
+    config_to_json,
+    event_from_json,
+    event_to_json,
+    links_from_json,
+    links_to_json,
+    result_from_json,
+    result_to_json,
+)
+
+log = logging.getLogger("dcs_backup.workers")
+_LINE_LIMIT = 16 * 1024 * 1024
+
+
+def split_by_size(
+    files: list[tuple[str, int | None]], parts: int
+) -> list[list[tuple[str, int | None]]]:
+    """Greedy balance: each file, largest first, to the share with the fewest bytes so far."""
+    shares: list[list[tuple[str, int | None]]] = [[] for _ in range(parts)]
+    loads = [0] * parts
+    for name, size in sorted(files, key=lambda f: -(f[1] or 0)):
+        i = loads.index(min(loads))
+        shares[i].append((name, size))
+        loads[i] += size or 0
+    return [s for s in shares if s]
+
+
+class WorkerProcess:
+    """The parent's handle on one worker: start it, serve its refreshes, relay its events."""
+
+    def __init__(self, ctx: TransferContext, files: list[tuple[str, int | None]], verbosity: int):
+        self.ctx = ctx
+        self.files = files
+        self.verbosity = verbosity
+        self.results: dict[str, FileResult] = {}
+        self._proc: asyncio.subprocess.Process | None = None
+
+    async def run(self) -> dict[str, FileResult]:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "dcs_backup._workers",
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            limit=_LINE_LIMIT,
+        )
+        self._proc = proc
+        try:
+            links = self.ctx.links
+            await self._send(
+                {
+                    "op": "job",
+                    "directory": str(self.ctx.directory),
+                    "backup_id": self.ctx.backup_id,
+                    "config": config_to_json(self.ctx.config),
+                    "links": links_to_json(links.snapshot()),
+                    "generation": links.generation,
+                    "clock_offset": links.clock_offset,
+                    "can_refresh": links.can_refresh,
+                    "files": self.files,
+                    "verbosity": self.verbosity,
+                }
+            )
+            assert proc.stdout is not None
+            while line := await proc.stdout.readline():
+                await self._handle(json.loads(line))
+        finally:
+            await self._stop()
+        missing = [name for name, _ in self.files if name not in self.results]
+        for name in missing:  # a worker that died without a word: its files failed
+            self.results[name] = FileResult(
+                name,
+                "failed",
+                self.ctx.directory / name,
+                error=f"the worker process ended unexpectedly (exit {proc.returncode})",
+            )
+        return self.results
+
+    async def _handle(self, message: dict[str, Any]) -> None:
+        op = message["op"]
+        if op == "event":
+            self.ctx.bus.emit(event_from_json(message["event"]))
+        elif op == "result":
+            result = result_from_json(message["result"])
+            self.results[result.name] = result
+        elif op == "stats":
+            self.ctx.stats.bytes_received += message["bytes_received"]
+            self.ctx.stats.retries += message["retries"]
+        elif op == "refresh":
+            links = self.ctx.links
+            try:
+                await links.refresh(message["generation"], reason=message["reason"])
+            except Exception as exc:  # the worker fails the files that needed it
+                await self._send({"op": "refresh_failed", "message": str(exc)})
+                return
+            await self._send(
+                {
+                    "op": "links",
+                    "links": links_to_json(links.snapshot()),
+                    "generation": links.generation,
+                    "clock_offset": links.clock_offset,
+                }
+            )
+
+    async def _send(self, message: dict[str, Any]) -> None:
+        assert self._proc is not None and self._proc.stdin is not None
+        self._proc.stdin.write(json.dumps(message).encode() + b"\n")
+        await self._proc.stdin.drain()
+
+    async def _stop(self) -> None:
+        proc = self._proc
+        if proc is None:
+            return
+        if proc.stdin is not None and not proc.stdin.is_closing():
+            proc.stdin.close()  # the worker stops when its stdin closes
+        try:
+            await asyncio.wait_for(asyncio.shield(proc.wait()), 10)
+        except (asyncio.TimeoutError, asyncio.CancelledError):
+            if proc.returncode is None:
+                proc.kill()
+            raise
+
+
+# -- the worker side ------------------------------------------------------------------------
+
+
+class _Parent:
+    """The worker's line to its parent: events out, link refreshes asked for and awaited."""
+
+    def __init__(self, generation: int) -> None:
+        self.generation = generation
+        self._waiting: asyncio.Future[dict[str, Any]] | None = None
+
+    def send(self, message: dict[str, Any]) -> None:
+        sys.stdout.buffer.write(json.dumps(message).encode() + b"\n")
+        sys.stdout.buffer.flush()
+
+    async def refresh_links(self, reason: str) -> Any:
+        if self._waiting is None or self._waiting.done():
+            self._waiting = asyncio.get_running_loop().create_future()
+            self.send({"op": "refresh", "generation": self.generation, "reason": reason})
+        answer = await asyncio.shield(self._waiting)
+        if answer["op"] == "refresh_failed":
+            from ._errors import DcsBackupError
+
+            raise DcsBackupError(answer["message"])
+        self.generation = answer["generation"]
+        return links_from_json(answer["links"])
+
+    def answer(self, message: dict[str, Any]) -> None:
+        if self._waiting is not None and not self._waiting.done():
+            self._waiting.set_result(message)
+
+
+async def _worker(job: dict[str, Any], stdin: asyncio.StreamReader) -> None:
+    from pathlib import Path
+
+    from ._downloader import _download_session
+    from ._transfer import FileTransfer
+
+    parent = _Parent(job["generation"])
+    config = config_from_json(job["config"])
+    bus = EventBus([lambda event: parent.send({"op": "event", "event": event_to_json(event)})])
+
+    async def refresh() -> Any:
+        return await parent.refresh_links("worker")
+
+    source = LinkSource(
+        links_from_json(job["links"]),
+        refresh if job["can_refresh"] else None,
+        margin=config.refresh_margin,
+    )
+    source.clock_offset = job["clock_offset"]
+    async with _download_session(config, None) as session:
+        ctx = TransferContext(
+            session, source, Path(job["directory"]), job["backup_id"], config, bus
+        )
+        queue = [tuple(f) for f in reversed(job["files"])]
+
+        async def transfers() -> None:
+            async def one_worker() -> None:
+                while queue:
+                    name, size = queue.pop()
+                    result = await FileTransfer(ctx, name, size).run()
+                    parent.send({"op": "result", "result": result_to_json(result)})
+
+            await asyncio.gather(*(one_worker() for _ in range(config.concurrency)))
+
+        async def listen() -> None:
+            while line := await stdin.readline():
+                parent.answer(json.loads(line))
+            raise asyncio.CancelledError  # the parent is gone: stop, keep the partials
+
+        work = asyncio.ensure_future(transfers())
+        ear = asyncio.ensure_future(listen())
+        done, _ = await asyncio.wait({work, ear}, return_when=asyncio.FIRST_COMPLETED)
+        ear.cancel()
+        if work not in done:
+            work.cancel()
+            await asyncio.gather(work, return_exceptions=True)
+            return
+        await work
+    parent.send(
+        {"op": "stats", "bytes_received": ctx.stats.bytes_received, "retries": ctx.stats.retries}
+    )
+
+
+async def _main() -> None:
+    loop = asyncio.get_running_loop()
+    stdin = asyncio.StreamReader(limit=_LINE_LIMIT)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(stdin), sys.stdin)
+    first = await stdin.readline()
+    if not first:
+        return
+    job = json.loads(first)
+    from ._cli import _setup_logging
+
+    _setup_logging(job.get("verbosity", 0))
+    await _worker(job, stdin)
+
+
+def main() -> int:
+    try:
+        asyncio.run(_main())
+    except KeyboardInterrupt:  # Ctrl-C reaches the whole process group: the parent reports
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    raise SystemExit(main())
