@@ -51,6 +51,20 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _byte_size(text: str) -> int:
+    """A size such as 32M, 512K, 1G or plain bytes."""
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    scale = units.get(text[-1:].lower(), 1)
+    number = text[:-1] if scale > 1 else text
+    try:
+        value = int(float(number) * scale)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size like 32M or 512K") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must not be negative")
+    return value
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -172,6 +186,16 @@ def _add_download_options(p: argparse.ArgumentParser) -> None:
         default="auto",
         help="auto: size, RDB CRC-64, AOF format, MD5 where no checksum; "
         "full: also MD5 and SHA-256 of every file (auto)",
+    )
+    p.add_argument(
+        "--segment-size",
+        type=_byte_size,
+        default=32 << 20,
+        help="fetch files of at least twice this size in ranges over several connections "
+        "when connections are to spare (32M; 0 never)",
+    )
+    p.add_argument(
+        "--max-segments", type=_positive_int, default=8, help="ranges of one file at once (8)"
     )
     p.add_argument(
         "--processes",
@@ -347,6 +371,8 @@ async def _cmd_download(args: argparse.Namespace) -> int:
             retry=RetryPolicy(attempts=args.retries, timeout=3600.0),
             verify=args.verify,
             processes=args.processes,
+            segment_size=args.segment_size,
+            max_segments=args.max_segments,
             check_space=not args.force,
             allow_http=args.allow_http,
         )

@@ -37,6 +37,10 @@ class DownloadConfig:
     check_space:     refuse to start when the file system cannot hold the backup (default
                      True).
     allow_http:      accept plain http:// links to hosts other than loopback (default False).
+    segment_size:    files of at least twice this size (default 32 MiB) are fetched in
+                     ranges over several connections at once, when the connections allowed
+                     (``concurrency``) outnumber the files; 0 never splits.
+    max_segments:    ranges of one file fetched at once (default 8).
     processes:       processes that download side by side (default None: one per CPU core,
                      at most 4, and only for backups of 256 MiB or more: one event loop
                      saturates one core long before a fast network does).
@@ -52,6 +56,8 @@ class DownloadConfig:
     verify: VerifyMode = "auto"
     check_space: bool = True
     allow_http: bool = False
+    segment_size: int = 32 * MiB
+    max_segments: int = 8
     processes: int | None = None
 
     def __post_init__(self) -> None:
@@ -61,6 +67,10 @@ class DownloadConfig:
             raise ValueError("write_size must be at least 64 KiB")
         if self.read_timeout <= 0 or self.connect_timeout <= 0:
             raise ValueError("timeouts must be positive")
+        if self.segment_size < 0 or (0 < self.segment_size < 64 * 1024):
+            raise ValueError("segment_size must be 0 or at least 64 KiB")
+        if not 1 <= self.max_segments <= 64:
+            raise ValueError("max_segments must be 1..64")
         if self.processes is not None and not 1 <= self.processes <= 64:
             raise ValueError("processes must be 1..64")
         if self.verify not in ("auto", "full"):

@@ -158,6 +158,8 @@ async def _run_here(
     files = sorted(files, key=lambda f: -1 if f[1] is None else -f[1])
     queue = list(reversed(files))
     disk_full = False
+    # Connections the files leave unused go to ranges of the large ones.
+    segments = max(1, ctx.config.concurrency // max(len(files), 1))
 
     async def worker() -> None:
         nonlocal disk_full
@@ -167,7 +169,7 @@ async def _run_here(
                 error = f"not started: {DISK_FULL}"
                 results[name] = FileResult(name, "failed", ctx.directory / name, size, error=error)
                 continue
-            result = await FileTransfer(ctx, name, size).run()
+            result = await FileTransfer(ctx, name, size, segments=segments).run()
             if result.status == "failed":
                 disk_full = disk_full or (result.error or "").startswith(DISK_FULL)
                 ctx.bus.emit(FileFailed(result.name, result.error or "failed"))

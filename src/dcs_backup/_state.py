@@ -23,6 +23,8 @@ class ResumeState:
     size: int | None
     etag: str | None
     md5_etag: bool = False  # the ETag is the MD5 of the bytes (single part, not encrypted)
+    # Segmented downloads: [start, end (exclusive), bytes done from start] per range.
+    segments: list[list[int]] | None = None
 
 
 class FilePaths:
@@ -49,13 +51,32 @@ def load_state(paths: FilePaths, backup_id: str) -> ResumeState | None:
         return None
     if not (etag is None or isinstance(etag, str)):
         return None
+    segments = data.get("segments")
+    if segments is not None and not _valid_segments(segments, size):
+        return None
     return ResumeState(
         backup_id=backup_id,
         file_name=paths.final.name,
         size=size,
         etag=etag,
         md5_etag=data.get("md5_etag") is True,
+        segments=segments,
     )
+
+
+def _valid_segments(segments: object, size: int | None) -> bool:
+    """Ranges that tile [0, size) in order, each with 0 <= done <= its length."""
+    if size is None or not isinstance(segments, list) or not segments:
+        return False
+    position = 0
+    for item in segments:
+        if not (isinstance(item, list) and len(item) == 3 and all(type(x) is int for x in item)):
+            return False
+        start, end, done = item
+        if start != position or end <= start or not 0 <= done <= end - start:
+            return False
+        position = end
+    return position == size
 
 
 def save_state(paths: FilePaths, state: ResumeState) -> None:

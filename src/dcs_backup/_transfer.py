@@ -40,6 +40,7 @@ _FREE_RESTARTS = 3  # starting a file over is free this often per attempt, then 
 _MAX_REFRESHES_WITHOUT_PROGRESS = 2
 _INTEGRITY_RETRIES = 1  # a file failing a check is fetched again from byte 0 this often
 _SSE_HEADERS = ("x-obs-server-side-encryption", "x-amz-server-side-encryption")
+_FLUSH_EVERY = 0.5  # seconds at most that received bytes wait in memory
 _IOV_MAX = 512  # buffers per pwritev call, well under Linux's 1024
 
 
@@ -96,10 +97,21 @@ def describe(error: BaseException) -> str:
 class FileTransfer:
     """Downloads one file of the backup into the output directory."""
 
-    def __init__(self, ctx: TransferContext, name: str, size_hint: int | None = None) -> None:
+    def __init__(
+        self,
+        ctx: TransferContext,
+        name: str,
+        size_hint: int | None = None,
+        *,
+        segments: int = 1,
+        etag_hint: str | None = None,
+    ) -> None:
         self.ctx = ctx
         self.name = name
-        self.size_hint = size_hint  # from the size probe: for progress display only
+        self.size_hint = size_hint  # from the size probe
+        self.etag_hint = etag_hint
+        self.segments_allowed = segments  # connections this file may use at once
+        self.segments: list[list[int]] | None = None  # [start, end, done] when segmented
         self.paths = FilePaths(ctx.directory, name)
         self.size: int | None = None
         self.etag: str | None = None
@@ -122,13 +134,18 @@ class FileTransfer:
             size = self.size if self.size is not None else self.size_hint
             self.ctx.bus.emit(FileStarted(self.name, size, self.offset))
             for check_round in range(_INTEGRITY_RETRIES + 1):
-                await self._download()
+                if self._segmented():
+                    from ._segments import SegmentedDownload  # it builds on this module
+
+                    await SegmentedDownload(self).run()
+                else:
+                    await self._download()
                 try:
                     await self._finalize()
                     break
                 except IntegrityError as exc:
                     # Corrupt bytes never get the final name: fetch the file again from byte 0.
-                    self._reset()
+                    self.start_over()
                     if check_round == _INTEGRITY_RETRIES:
                         self._close()
                         clear_state(self.paths)
@@ -186,6 +203,10 @@ class FileTransfer:
             self.offset = 0
             return
         self.size, self.etag, self.md5_etag = state.size, state.etag, state.md5_etag
+        if state.segments is not None:  # a segmented download: its ranges say what is done
+            self.segments = state.segments
+            self.offset = sum(done for _, _, done in state.segments)
+            return
         self.offset = part_length(self.paths)
         if self.offset > state.size:  # longer than the object: cannot be ours
             os.ftruncate(self._fd, 0)
@@ -290,6 +311,12 @@ class FileTransfer:
         if status in (412, 416):
             self._reset()
             raise _Restart(f"HTTP {status}: the object changed or is shorter than the saved part")
+        await self.raise_for_status(resp, generation)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def raise_for_status(self, resp: aiohttp.ClientResponse, generation: int) -> None:
+        """An answer with no body to keep: refresh the link, retry, or fail, as it says."""
+        status = resp.status
         body = (await resp.content.read(65536)).decode("utf-8", errors="replace")
         if status == 403:
             await self._forbidden(body, generation)
@@ -364,8 +391,35 @@ class FileTransfer:
     def _save_state(self) -> None:
         save_state(
             self.paths,
-            ResumeState(self.ctx.backup_id, self.name, self.size, self.etag, self.md5_etag),
+            ResumeState(
+                self.ctx.backup_id,
+                self.name,
+                self.size,
+                self.etag,
+                self.md5_etag,
+                [list(seg) for seg in self.segments] if self.segments is not None else None,
+            ),
         )
+
+    def _segmented(self) -> bool:
+        """Fetch in ranges: a resumed segmented file, or a large one with connections to spare."""
+        if self.segments is not None:
+            return True
+        config = self.ctx.config
+        size = self.size if self.size is not None else self.size_hint
+        return (
+            self.offset == 0
+            and size is not None
+            and self.segments_allowed > 1
+            and config.segment_size > 0
+            and size >= 2 * config.segment_size
+        )
+
+    def start_over(self) -> None:
+        """Forget ranges and bytes: the next download starts from byte 0 as one stream."""
+        self.segments = None
+        self._reset()
+        self.paths.state.unlink(missing_ok=True)
 
     def _reset(self) -> None:
         assert self._fd is not None
@@ -386,6 +440,8 @@ class FileTransfer:
         batch: list[bytes] = []
         batched = 0
         writing: asyncio.Task[None] | None = None
+        loop = asyncio.get_running_loop()
+        last_write = loop.time()
         try:
             while True:
                 # readchunk hands over the socket's chunks one by one; iter_any would join
@@ -397,11 +453,13 @@ class FileTransfer:
                     continue
                 batch.append(chunk)
                 batched += len(chunk)
-                if batched >= write_size:
+                # Full batches, or whatever came in the last half second on a slow link.
+                if batched >= write_size or loop.time() - last_write > _FLUSH_EVERY:
                     if writing is not None:
                         await writing
                     writing = asyncio.ensure_future(self._write(batch))
                     batch, batched = [], 0
+                    last_write = loop.time()
         finally:
             # Bytes that arrived are good bytes at their offset: keep them even on failure.
             if writing is not None:

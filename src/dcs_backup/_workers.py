@@ -198,12 +198,13 @@ async def _worker(job: dict[str, Any], stdin: asyncio.StreamReader) -> None:
             session, source, Path(job["directory"]), job["backup_id"], config, bus
         )
         queue = [tuple(f) for f in reversed(job["files"])]
+        segments = max(1, config.concurrency // max(len(queue), 1))
 
         async def transfers() -> None:
             async def one_worker() -> None:
                 while queue:
                     name, size = queue.pop()
-                    result = await FileTransfer(ctx, name, size).run()
+                    result = await FileTransfer(ctx, name, size, segments=segments).run()
                     parent.send({"op": "result", "result": result_to_json(result)})
 
             await asyncio.gather(*(one_worker() for _ in range(config.concurrency)))

@@ -1,0 +1,230 @@
+"""One large file fetched in ranges over several connections, written in place.
+
+The ``.part`` file is allocated at full size; each range is written at its own offset with
+positional writes; the resume state records how far each range got, so a rerun fetches only
+what is missing. The file's checks run once it is whole, reading it back in a thread: its
+bytes do not arrive in order, so no hash can run along the stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import Sequence
+
+import aiohttp
+from yarl import URL
+
+from ._errors import TransferError
+from ._events import FileProgress
+from ._http import parse_http_date
+from ._integrity import etag_is_md5
+from ._obs import normalize_etag, parse_content_range
+from ._transfer import (
+    _SSE_HEADERS,
+    FileTransfer,
+    _Refreshed,
+    _widen_socket_reads,
+    _write_and_check,
+    is_retryable,
+)
+
+log = logging.getLogger("dcs_backup.segments")
+_STATE_EVERY = 1.0  # seconds between resume-state saves while ranges stream
+_FLUSH_EVERY = 0.5  # seconds at most that received bytes wait in memory
+
+
+class _NoRanges(Exception):
+    """The server ignores Range, or the object changed: the file starts over as one stream."""
+
+
+class SegmentedDownload:
+    def __init__(self, transfer: FileTransfer) -> None:
+        self.t = transfer
+
+    async def run(self) -> None:
+        t = self.t
+        if t.segments is None:
+            self._plan()
+        try:
+            await self._fetch_all()
+        except _NoRanges as exc:
+            log.info("%s: %s; fetching it as one stream", t.name, exc)
+            t.start_over()
+            await t._download()
+            return
+        t.offset = t.size or 0
+        # The bytes came out of order: check the whole file once, reading it back in a thread.
+        t._new_verifier()
+        assert t.verifier is not None
+        await asyncio.to_thread(t.verifier.catch_up, t.paths.part, t.offset)
+
+    def _plan(self) -> None:
+        t = self.t
+        size = t.size if t.size is not None else t.size_hint
+        assert size is not None and t._fd is not None
+        config = t.ctx.config
+        count = max(1, min(t.segments_allowed, config.max_segments, size // config.segment_size))
+        bounds = [size * i // count for i in range(count + 1)]
+        t.size = size
+        t.etag = t.etag if t.etag is not None else t.etag_hint
+        t.md5_etag = etag_is_md5(t.etag)
+        t.segments = [[bounds[i], bounds[i + 1], 0] for i in range(count)]
+        _allocate(t._fd, size)
+        t._save_state()
+        t._new_verifier()
+
+    async def _fetch_all(self) -> None:
+        t = self.t
+        assert t.segments is not None
+        tasks = [
+            asyncio.ensure_future(self._fetch_range(segment))
+            for segment in t.segments
+            if segment[2] < segment[1] - segment[0]
+        ]
+        saver = asyncio.ensure_future(self._save_periodically())
+        try:
+            await _gather_or_cancel(tasks)
+        finally:
+            saver.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await saver
+            if t.segments is not None:
+                with contextlib.suppress(OSError):
+                    t._save_state()
+
+    async def _save_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(_STATE_EVERY)
+            await asyncio.to_thread(self.t._save_state)
+
+    async def _fetch_range(self, segment: list[int]) -> None:
+        """One range, retried on its own: failures count only while it makes no progress."""
+        t = self.t
+        failures = 0
+        retrying = t.ctx.config.retry.retrying(
+            is_retryable=is_retryable,
+            retry_after=lambda e: e.retry_after if isinstance(e, TransferError) else None,
+            failures=lambda _state: failures,
+            before_sleep=t._before_retry,
+        )
+        async for attempt in retrying:
+            with attempt:
+                before = segment[2]
+                try:
+                    while True:
+                        try:
+                            await self._request(segment)
+                            break
+                        except _Refreshed:
+                            continue
+                except (_NoRanges, asyncio.CancelledError):
+                    raise
+                except BaseException:
+                    failures = 1 if segment[2] > before else failures + 1
+                    t.failures = failures
+                    raise
+
+    async def _request(self, segment: list[int]) -> None:
+        t = self.t
+        start, end, done = segment
+        if done >= end - start:
+            return
+        link, generation = await t.ctx.links.fresh(t.name)
+        headers = {"Accept-Encoding": "identity", "Range": f"bytes={start + done}-{end - 1}"}
+        if t.etag:
+            headers["If-Match"] = f'"{t.etag}"'
+        async with t.ctx.session.get(URL(link.url, encoded=True), headers=headers) as resp:
+            _widen_socket_reads(resp, t.ctx.config.write_size)
+            t.ctx.links.observe_server_date(parse_http_date(resp.headers.get("Date")))
+            if resp.status == 200:
+                raise _NoRanges("the server ignored Range")
+            if resp.status in (412, 416):
+                raise _NoRanges(f"HTTP {resp.status}: the object changed")
+            if resp.status != 206:
+                await t.raise_for_status(resp, generation)
+            span = parse_content_range(resp.headers.get("Content-Range"))
+            etag = normalize_etag(resp.headers.get("ETag"))
+            if (
+                span is None
+                or (span.start, span.end, span.total) != (start + done, end - 1, t.size)
+                or (etag is not None and t.etag is not None and etag != t.etag)
+            ):
+                raise _NoRanges(f"unexpected partial answer {resp.headers.get('Content-Range')!r}")
+            if t.etag is None and etag is not None:
+                t.etag = etag
+                encrypted = any(h in resp.headers for h in _SSE_HEADERS)
+                t.md5_etag = etag_is_md5(etag, encrypted=encrypted)
+                t._new_verifier()
+            await self._stream(resp, segment)
+
+    async def _stream(self, resp: aiohttp.ClientResponse, segment: list[int]) -> None:
+        t = self.t
+        write_size = t.ctx.config.write_size
+        loop = asyncio.get_running_loop()
+        batch: list[bytes] = []
+        batched = 0
+
+        async def flush() -> None:
+            nonlocal batch, batched
+            if not batch:
+                return
+            pieces, batch, batched = batch, [], 0
+            assert t._fd is not None
+            written = await loop.run_in_executor(
+                None, _write_and_check, t._fd, pieces, segment[0] + segment[2], None
+            )
+            segment[2] += written
+            t.offset += written
+            t.ctx.stats.bytes_received += written
+            t._refreshes_without_progress = 0
+            t.ctx.bus.emit(FileProgress(t.name, t.offset, t.size, written))
+
+        length = segment[1] - segment[0]
+        last_flush = loop.time()
+        try:
+            while True:
+                chunk, _ = await resp.content.readchunk()
+                if not chunk:
+                    if resp.content.at_eof():
+                        break
+                    continue
+                left = length - segment[2] - batched
+                if len(chunk) > left:  # never write past the range, whatever the server sends
+                    chunk = chunk[:left]
+                batch.append(chunk)
+                batched += len(chunk)
+                # Full batches, or whatever came in the last half second on a slow link.
+                if batched >= write_size or loop.time() - last_flush > _FLUSH_EVERY:
+                    await flush()
+                    last_flush = loop.time()
+                if segment[2] + batched >= length:
+                    break
+        finally:
+            await flush()
+        if segment[2] < length:
+            raise TransferError(f"a range ended after {segment[2]} of {length} bytes")
+
+
+def _allocate(fd: int, size: int) -> None:
+    """Reserve the whole file at once: a full disk shows now, not in the middle."""
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except (AttributeError, OSError) as exc:
+        if isinstance(exc, OSError) and exc.errno not in (95, 22):  # EOPNOTSUPP, EINVAL
+            raise
+        os.ftruncate(fd, size)
+
+
+async def _gather_or_cancel(tasks: Sequence[asyncio.Future[None]]) -> None:
+    """Wait for every range; on the first failure cancel the others and raise it."""
+    try:
+        for finished in asyncio.as_completed(tasks):
+            await finished
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
