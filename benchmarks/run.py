@@ -47,8 +47,9 @@ def ensure_tools() -> None:
         sys.exit(f"benchmark needs Debian packages {' '.join(missing)}: install them first")
     print(f"installing {' '.join(missing)} ...", flush=True)
     subprocess.run(["apt-get", "update", "-qq"], check=True, stdout=subprocess.DEVNULL)
-    subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=True,
-                   stdout=subprocess.DEVNULL)
+    subprocess.run(
+        ["apt-get", "install", "-y", "-qq", *missing], check=True, stdout=subprocess.DEVNULL
+    )
 
 
 def make_data(count: int, size: int) -> Path:
@@ -89,8 +90,8 @@ http {{
 }}
 """)
         self.proc = subprocess.Popen(
-            ["nginx", "-c", str(self.dir / "nginx.conf"), "-p", str(self.dir),
-             "-g", "daemon off;"])
+            ["nginx", "-c", str(self.dir / "nginx.conf"), "-p", str(self.dir), "-g", "daemon off;"]
+        )
         wait_for_port(self.port)
 
     def stop(self) -> None:
@@ -186,21 +187,55 @@ def tools_for(data: Path, base_url: str, parallel: int, work: Path, links: Path)
     urls = work / "urls.txt"
     urls.write_text("".join(f"{base_url}/{n}\n" for n in names))
     curl_cfg = work / "curl.cfg"
-    curl_cfg.write_text("".join(f'url = "{base_url}/{n}"\noutput = "{work}/out/{n}"\n'
-                                for n in names))
+    curl_cfg.write_text(
+        "".join(f'url = "{base_url}/{n}"\noutput = "{work}/out/{n}"\n' for n in names)
+    )
     out = work / "out"
     dd = " ".join(f"dd if={data}/{n} of={out}/{n} bs=1M status=none &" for n in names)
     return [
-        Tool("dcs-backup", [sys.executable, "-m", "dcs_backup", "download", "--links-file",
-                            str(links), "-o", str(out), "--no-progress"]),
-        Tool("wget2", ["wget2", "-q", "--max-threads", str(parallel), "-P", str(out),
-                       "-i", str(urls)]),
-        Tool("curl", ["curl", "-s", "--parallel", "--parallel-max", str(parallel),
-                      "-K", str(curl_cfg)]),
-        Tool("aria2c", ["aria2c", "-q", "-i", str(urls), "-j", str(parallel), "-x", "1",
-                        "-d", str(out), "--allow-overwrite=true"]),
-        Tool("floor: wget2 to /dev/null", ["wget2", "-q", "--max-threads", str(parallel),
-                                          "-O", "/dev/null", "-i", str(urls)], writes=False),
+        Tool(
+            "dcs-backup",
+            [
+                sys.executable,
+                "-m",
+                "dcs_backup",
+                "download",
+                "--links-file",
+                str(links),
+                "-o",
+                str(out),
+                "--no-progress",
+            ],
+        ),
+        Tool(
+            "wget2",
+            ["wget2", "-q", "--max-threads", str(parallel), "-P", str(out), "-i", str(urls)],
+        ),
+        Tool(
+            "curl",
+            ["curl", "-s", "--parallel", "--parallel-max", str(parallel), "-K", str(curl_cfg)],
+        ),
+        Tool(
+            "aria2c",
+            [
+                "aria2c",
+                "-q",
+                "-i",
+                str(urls),
+                "-j",
+                str(parallel),
+                "-x",
+                "1",
+                "-d",
+                str(out),
+                "--allow-overwrite=true",
+            ],
+        ),
+        Tool(
+            "floor: wget2 to /dev/null",
+            ["wget2", "-q", "--max-threads", str(parallel), "-O", "/dev/null", "-i", str(urls)],
+            writes=False,
+        ),
         Tool(f"floor: {len(names)} x dd", [f"{dd} wait"], shell=True),
     ]
 
@@ -208,24 +243,47 @@ def tools_for(data: Path, base_url: str, parallel: int, work: Path, links: Path)
 def write_links(data: Path, base_url: str, path: Path) -> None:
     names = sorted(p.name for p in data.iterdir() if not p.name.endswith(".tmp"))
     # nginx ignores the query; the Signature stands in for OBS's, never checked here.
-    path.write_text(json.dumps({"file_path": "bench/", "bucket_name": "bench", "links": [
-        {"file_name": n, "link": f"{base_url}/{n}?AWSAccessKeyId=BENCH&Expires=4102444800"
-                                 f"&Signature=bench"} for n in names]}))
+    path.write_text(
+        json.dumps(
+            {
+                "file_path": "bench/",
+                "bucket_name": "bench",
+                "links": [
+                    {
+                        "file_name": n,
+                        "link": f"{base_url}/{n}?AWSAccessKeyId=BENCH&Expires=4102444800"
+                        f"&Signature=bench",
+                    }
+                    for n in names
+                ],
+            }
+        )
+    )
 
 
 def machine() -> str:
     import aiohttp
 
-    return (f"{os.cpu_count()} cores, {platform.machine()}, Linux {platform.release()}, "
-            f"Python {platform.python_version()}, aiohttp {aiohttp.__version__}")
+    return (
+        f"{os.cpu_count()} cores, {platform.machine()}, Linux {platform.release()}, "
+        f"Python {platform.python_version()}, aiohttp {aiohttp.__version__}"
+    )
 
 
 def report(scenario: str, title: str, tools: list[Tool], total_bytes: int, note: str) -> str:
-    lines = [f"# Benchmark: {title}", "", f"Machine: {machine()}.  ",
-             f"Run on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
-             f"{len(tools[0].runs)} interleaved runs per tool, medians.", "", note, "",
-             "| tool | wall s | MiB/s | CPU s (user+sys) | peak RSS MiB (process tree) "
-             "| dcs-backup / tool (wall) |", "|---|---|---|---|---|---|"]
+    lines = [
+        f"# Benchmark: {title}",
+        "",
+        f"Machine: {machine()}.  ",
+        f"Run on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
+        f"{len(tools[0].runs)} interleaved runs per tool, medians.",
+        "",
+        note,
+        "",
+        "| tool | wall s | MiB/s | CPU s (user+sys) | peak RSS MiB (process tree) "
+        "| dcs-backup / tool (wall) |",
+        "|---|---|---|---|---|---|",
+    ]
     med = {t.name: statistics.median(r.wall for r in t.runs) for t in tools}
     dcs = med.get("dcs-backup")
     for t in tools:
@@ -234,8 +292,10 @@ def report(scenario: str, title: str, tools: list[Tool], total_bytes: int, note:
         rss = statistics.median(r.rss for r in t.runs) / MiB
         ratio = f"{dcs / wall:.2f}" if dcs and t.name != "dcs-backup" else ""
         bad = "" if all(r.ok for r in t.runs) else " (FAILED runs)"
-        lines.append(f"| {t.name}{bad} | {wall:.2f} | {total_bytes / MiB / wall:.0f} | {cpu:.2f} "
-                     f"| {rss:.0f} | {ratio} |")
+        lines.append(
+            f"| {t.name}{bad} | {wall:.2f} | {total_bytes / MiB / wall:.0f} | {cpu:.2f} "
+            f"| {rss:.0f} | {ratio} |"
+        )
     lines += ["", "Every run:", "", "| tool | wall s |", "|---|---|"]
     lines += [f"| {t.name} | {', '.join(f'{r.wall:.2f}' for r in t.runs)} |" for t in tools]
     text = "\n".join(lines) + "\n"
@@ -245,8 +305,9 @@ def report(scenario: str, title: str, tools: list[Tool], total_bytes: int, note:
     return text
 
 
-def chart(scenario: str, title: str, tools: list[Tool], med: dict[str, float],
-          total_bytes: int) -> None:
+def chart(
+    scenario: str, title: str, tools: list[Tool], med: dict[str, float], total_bytes: int
+) -> None:
     try:
         import matplotlib
 
@@ -258,8 +319,10 @@ def chart(scenario: str, title: str, tools: list[Tool], med: dict[str, float],
     names = [t.name for t in tools]
     speeds = [total_bytes / MiB / med[n] for n in names]
     fig, ax = plt.subplots(figsize=(8, 0.5 * len(names) + 1.2))
-    colors = ["tab:green" if n == "dcs-backup" else "tab:gray" if n.startswith("floor")
-              else "tab:blue" for n in names]
+    colors = [
+        "tab:green" if n == "dcs-backup" else "tab:gray" if n.startswith("floor") else "tab:blue"
+        for n in names
+    ]
     ax.barh(names[::-1], speeds[::-1], color=colors[::-1])
     ax.set_xlabel("MiB/s (median)")
     ax.set_title(title)
@@ -275,13 +338,22 @@ def run_scenario(tools: list[Tool], runs: int, out: Path, expected: dict[str, in
         for tool in tools:
             run = timed(tool, out, expected)
             tool.runs.append(run)
-            print(f"  run {i + 1} {tool.name:28} {run.wall:6.2f} s  {run.rss / MiB:6.0f} MiB"
-                  + ("" if run.ok else "  FAILED"), flush=True)
+            print(
+                f"  run {i + 1} {tool.name:28} {run.wall:6.2f} s  {run.rss / MiB:6.0f} MiB"
+                + ("" if run.ok else "  FAILED"),
+                flush=True,
+            )
     shutil.rmtree(out, ignore_errors=True)
 
 
-def parallel(args: argparse.Namespace, count: int, size: int, scenario: str, title: str,
-             only: list[str] | None = None) -> str:
+def parallel(
+    args: argparse.Namespace,
+    count: int,
+    size: int,
+    scenario: str,
+    title: str,
+    only: list[str] | None = None,
+) -> str:
     data = make_data(count, size)
     expected = {p.name: p.stat().st_size for p in data.iterdir() if not p.name.endswith(".tmp")}
     server = Nginx(data)
@@ -297,8 +369,10 @@ def parallel(args: argparse.Namespace, count: int, size: int, scenario: str, tit
     finally:
         server.stop()
         shutil.rmtree(work, ignore_errors=True)
-    note = (f"{count} files x {size / MiB:g} MiB served by nginx on 127.0.0.1; dcs-backup with "
-            "its defaults (verification on: size and RDB CRC-64) from a links file.")
+    note = (
+        f"{count} files x {size / MiB:g} MiB served by nginx on 127.0.0.1; dcs-backup with "
+        "its defaults (verification on: size and RDB CRC-64) from a links file."
+    )
     return report(scenario, title, tools, count * size, note)
 
 
@@ -309,44 +383,105 @@ def capped(args: argparse.Namespace) -> str:
     port = free_port()
     rate = args.cap_mib * MiB
     emulator = subprocess.Popen(
-        [sys.executable, "-m", "dcs_backup", "emulator", "--port", str(port), "--files",
-         str(path), "--rate-limit", str(rate)], stdout=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-m",
+            "dcs_backup",
+            "emulator",
+            "--port",
+            str(port),
+            "--files",
+            str(path),
+            "--rate-limit",
+            str(rate),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     work = Path(tempfile.mkdtemp(prefix="capped-", dir=WORK))
     try:
         first = emulator.stdout.readline() if emulator.stdout else ""
         backup_id = first.split("backup ")[-1].strip()
-        env = {**os.environ, "DCS_BACKUP_ENDPOINT": f"http://127.0.0.1:{port}",
-               "HUAWEICLOUD_SDK_IAM_ENDPOINT": f"http://127.0.0.1:{port}",
-               "HUAWEICLOUD_SDK_REGION": "emulator-1", "HUAWEICLOUD_SDK_AK": "EMULATORACCESSKEY000",
-               "HUAWEICLOUD_SDK_SK": "emulator-secret-key-do-not-use"}
+        env = {
+            **os.environ,
+            "DCS_BACKUP_ENDPOINT": f"http://127.0.0.1:{port}",
+            "HUAWEICLOUD_SDK_IAM_ENDPOINT": f"http://127.0.0.1:{port}",
+            "HUAWEICLOUD_SDK_REGION": "emulator-1",
+            "HUAWEICLOUD_SDK_AK": "EMULATORACCESSKEY000",
+            "HUAWEICLOUD_SDK_SK": "emulator-secret-key-do-not-use",
+        }
         links = subprocess.run(
-            [sys.executable, "-m", "dcs_backup", "links", "--instance-id", "emulator-instance",
-             "--backup-id", backup_id, "--expiration", "86400"],
-            env=env, check=True, capture_output=True, text=True).stdout
+            [
+                sys.executable,
+                "-m",
+                "dcs_backup",
+                "links",
+                "--instance-id",
+                "emulator-instance",
+                "--backup-id",
+                backup_id,
+                "--expiration",
+                "86400",
+            ],
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
         (work / "links.json").write_text(links)
         url = json.loads(links)["links"][0]["link"]
         out = work / "out"
         tools = [
-            Tool("dcs-backup", [sys.executable, "-m", "dcs_backup", "download", "--links-file",
-                                str(work / "links.json"), "-o", str(out), "--no-progress"]),
+            Tool(
+                "dcs-backup",
+                [
+                    sys.executable,
+                    "-m",
+                    "dcs_backup",
+                    "download",
+                    "--links-file",
+                    str(work / "links.json"),
+                    "-o",
+                    str(out),
+                    "--no-progress",
+                ],
+            ),
             Tool("curl (one connection)", ["curl", "-s", "-o", str(out / path.name), url]),
-            Tool("aria2c -x 8 (segmented)", ["aria2c", "-q", "-x", "8", "-s", "8", "-d", str(out),
-                                            "-o", path.name, "--allow-overwrite=true", url]),
+            Tool(
+                "aria2c -x 8 (segmented)",
+                [
+                    "aria2c",
+                    "-q",
+                    "-x",
+                    "8",
+                    "-s",
+                    "8",
+                    "-d",
+                    str(out),
+                    "-o",
+                    path.name,
+                    "--allow-overwrite=true",
+                    url,
+                ],
+            ),
         ]
         run_scenario(tools, args.runs, out, {path.name: path.stat().st_size})
     finally:
         emulator.terminate()
         emulator.wait(10)
         shutil.rmtree(work, ignore_errors=True)
-    note = (f"One {size / MiB:g} MiB file from the emulator, which caps every connection at "
-            f"{args.cap_mib} MiB/s as cloud object stores cap single streams.")
+    note = (
+        f"One {size / MiB:g} MiB file from the emulator, which caps every connection at "
+        f"{args.cap_mib} MiB/s as cloud object stores cap single streams."
+    )
     return report("capped", "one large file, per-connection cap", tools, size, note)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--scenario", choices=["parallel", "small", "memory", "capped", "all"],
-                        default="parallel")
+    parser.add_argument(
+        "--scenario", choices=["parallel", "small", "memory", "capped", "all"], default="parallel"
+    )
     parser.add_argument("--files", type=int, default=8)
     parser.add_argument("--size-mib", type=float, default=256)
     parser.add_argument("--runs", type=int, default=3)
@@ -356,20 +491,33 @@ def main() -> None:
     args = parser.parse_args()
     ensure_tools()
     WORK.mkdir(parents=True, exist_ok=True)
-    chosen = ["parallel", "small", "memory", "capped"] if args.scenario == "all" else [
-        args.scenario]
+    chosen = (
+        ["parallel", "small", "memory", "capped"] if args.scenario == "all" else [args.scenario]
+    )
     for scenario in chosen:
         print(f"== {scenario}", flush=True)
         if scenario == "parallel":
-            text = parallel(args, args.files, int(args.size_mib * MiB), "parallel",
-                            f"{args.files} x {args.size_mib:g} MiB")
+            text = parallel(
+                args,
+                args.files,
+                int(args.size_mib * MiB),
+                "parallel",
+                f"{args.files} x {args.size_mib:g} MiB",
+            )
         elif scenario == "small":
-            text = parallel(args, 64, 256 * 1024, "small", "64 x 256 KiB",
-                            only=["dcs-backup", "wget2", "curl", "aria2c"])
+            text = parallel(
+                args,
+                64,
+                256 * 1024,
+                "small",
+                "64 x 256 KiB",
+                only=["dcs-backup", "wget2", "curl", "aria2c"],
+            )
         elif scenario == "memory":
             text = parallel(args, 2, 2048 * MiB, "memory-2GiB", "2 x 2 GiB", only=["dcs-backup"])
-            text += parallel(args, 8, 256 * MiB, "memory-256MiB", "8 x 256 MiB",
-                             only=["dcs-backup"])
+            text += parallel(
+                args, 8, 256 * MiB, "memory-256MiB", "8 x 256 MiB", only=["dcs-backup"]
+            )
         else:
             text = capped(args)
         print(text, flush=True)

@@ -116,7 +116,7 @@ class Client:
 
     def _session_or_new(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(timeout=self._timeout)
+            self._session = aiohttp.ClientSession(timeout=self._timeout, trust_env=True)
         return self._session
 
     # -- the calls -------------------------------------------------------------------------
@@ -311,6 +311,11 @@ class Client:
                         f"{method} {path}: the API answered HTTP {resp.status} with something "
                         f"that is not JSON ({_snippet(text)})"
                     ) from None
+        except aiohttp.ClientConnectorDNSError as exc:
+            host = urlsplit(base).hostname
+            raise ConfigError(
+                f"cannot resolve {host}: check the region or endpoint, and DNS"
+            ) from exc
         except aiohttp.ClientConnectorError as exc:
             raise _Retryable(
                 DcsBackupError(f"cannot connect to {base}: {exc.os_error or exc}")
@@ -361,6 +366,12 @@ def _api_error(status: int, text: str, request_id: str | None, path: str) -> Api
         "error_msg": msg,
         "request_id": request_id,
     }
+    if code == "APIGW.0303":
+        return AuthError(
+            f"the API gateway refused the request time (HTTP {status}, {detail}){rid}: the "
+            "system clock is more than 15 minutes off; fix it (NTP) and try again",
+            **kwargs,
+        )
     if status in (401, 403):
         return AuthError(
             f"the API refused the credentials (HTTP {status}, {detail}){rid}: "

@@ -8,6 +8,7 @@ import dataclasses
 import ipaddress
 import logging
 import os
+import resource
 import shutil
 import ssl
 import time
@@ -74,7 +75,7 @@ async def download_backup(
     records how. The result lists every file; ``result.ok`` is False when any failed (their
     ``.part`` files are kept, and a rerun resumes them).
     """
-    config = config or DownloadConfig()
+    config = _within_open_file_limit(config or DownloadConfig())
     directory = _prepare_directory(Path(output_dir))
     bus = EventBus(subscribers)
     refresh = _refresher(client, instance_id, backup_id, config)
@@ -229,6 +230,29 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+_FD_RESERVE = 32  # descriptors left for Python, pipes, the API session and logs
+
+
+def _within_open_file_limit(config: DownloadConfig) -> DownloadConfig:
+    """Fewer connections when ``ulimit -n`` is low, rather than "too many open files" late.
+
+    Each connection takes a socket and, at worst, its own ``.part`` file: two descriptors.
+    """
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return config
+    usable = (soft - _FD_RESERVE) // 2
+    if usable < 1:
+        raise ConfigError(
+            f"the limit on open files (ulimit -n = {soft}) is too low: raise it to at least "
+            f"{_FD_RESERVE + 2}"
+        )
+    if config.concurrency > usable:
+        log.info("ulimit -n is %d: %d connections instead of %d", soft, usable, config.concurrency)
+        return dataclasses.replace(config, concurrency=usable)
+    return config
+
+
 def _prepare_directory(directory: Path) -> Path:
     try:
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -286,7 +310,7 @@ async def _download_session(
     config: DownloadConfig, ssl_context: ssl.SSLContext | None
 ) -> AsyncIterator[aiohttp.ClientSession]:
     connector = aiohttp.TCPConnector(
-        limit=config.concurrency * 2,
+        limit=config.concurrency,  # every connection, ranges and probes included
         limit_per_host=0,
         ssl=ssl_context if ssl_context is not None else True,
     )
@@ -300,6 +324,7 @@ async def _download_session(
         read_bufsize=config.write_size,
         skip_auto_headers=("User-Agent",),
         headers={"User-Agent": "dcs-backup"},
+        trust_env=True,  # HTTPS_PROXY / HTTP_PROXY / NO_PROXY, as curl honours them
     ) as session:
         yield session
 

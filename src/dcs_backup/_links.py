@@ -85,7 +85,8 @@ class LinkSource:
     def observe_server_date(self, server_time: float | None) -> None:
         """Learn the server's clock from a response ``Date`` (1 s resolution is plenty)."""
         if server_time is not None:
-            self.clock_offset = server_time - time.time()
+            # Date has whole seconds: on average the true time is half a second later.
+            self.clock_offset = server_time + 0.5 - time.time()
 
     def _install(self, links: BackupLinks) -> None:
         first = not self._entries

@@ -33,7 +33,7 @@ from ._transfer import (
 
 log = logging.getLogger("dcs_backup.segments")
 _STATE_EVERY = 1.0  # seconds between resume-state saves while ranges stream
-_FLUSH_EVERY = 0.5  # seconds at most that received bytes wait in memory
+_FLUSH_EVERY = 0.05  # seconds at most that received bytes wait in memory (a kill loses them)
 
 
 class _NoRanges(Exception):
@@ -196,7 +196,7 @@ class SegmentedDownload:
                     chunk = chunk[:left]
                 batch.append(chunk)
                 batched += len(chunk)
-                # Full batches, or whatever came in the last half second on a slow link.
+                # Full batches, or whatever came in the last 50 ms on a slower link.
                 if batched >= write_size or loop.time() - last_flush > _FLUSH_EVERY:
                     await flush()
                     last_flush = loop.time()

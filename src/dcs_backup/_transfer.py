@@ -40,7 +40,7 @@ _FREE_RESTARTS = 3  # starting a file over is free this often per attempt, then 
 _MAX_REFRESHES_WITHOUT_PROGRESS = 2
 _INTEGRITY_RETRIES = 1  # a file failing a check is fetched again from byte 0 this often
 _SSE_HEADERS = ("x-obs-server-side-encryption", "x-amz-server-side-encryption")
-_FLUSH_EVERY = 0.5  # seconds at most that received bytes wait in memory
+_FLUSH_EVERY = 0.05  # seconds at most that received bytes wait in memory (a kill loses them)
 _IOV_MAX = 512  # buffers per pwritev call, well under Linux's 1024
 
 
@@ -453,7 +453,7 @@ class FileTransfer:
                     continue
                 batch.append(chunk)
                 batched += len(chunk)
-                # Full batches, or whatever came in the last half second on a slow link.
+                # Full batches, or whatever came in the last 50 ms on a slower link.
                 if batched >= write_size or loop.time() - last_write > _FLUSH_EVERY:
                     if writing is not None:
                         await writing

@@ -75,6 +75,7 @@ class EmulatorStats:
     links_calls: int = 0
     api_calls: int = 0
     auth_failures: int = 0
+    expired_requests: int = 0  # object GETs refused because their link had expired
     active_responses: int = 0
     max_active_responses: int = 0
     faults: Counter[str] = field(default_factory=Counter)

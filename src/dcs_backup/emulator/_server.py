@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import email.utils
 import hashlib
 import hmac
 import json
@@ -397,7 +398,13 @@ class Emulator:
             f"<Error><Code>{code}</Code><Message>{message}</Message>"
             f"<RequestId>{uuid.uuid4().hex[:16]}</RequestId></Error>"
         )
-        return web.Response(status=status, text=body, content_type="application/xml")
+        return web.Response(
+            status=status, text=body, content_type="application/xml", headers=self._date()
+        )
+
+    def _date(self) -> dict[str, str]:
+        """The servers' own clock, as OBS reports it in every answer."""
+        return {"Date": email.utils.formatdate(self.now(), usegmt=True)}
 
     async def _get_object(self, request: web.Request) -> web.StreamResponse:
         key = request.match_info["key"]
@@ -419,6 +426,7 @@ class Emulator:
                 "The request signature we calculated does not match the signature you provided.",
             )
         if self.now() > int(expires):
+            self.stats.expired_requests += 1
             return self._obs_error(403, "AccessDenied", "Request has expired")
         if obj is None:
             return self._obs_error(404, "NoSuchKey", "The specified key does not exist.")
@@ -444,6 +452,7 @@ class Emulator:
         if fault == "ignore_range":
             span = None
         headers = {
+            **self._date(),
             "ETag": f'"{obj.etag}"',
             "Accept-Ranges": "bytes",
             "Content-Type": "binary/octet-stream",
