@@ -121,7 +121,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--signal", choices=["KILL", "INT"], default="KILL")
     p.add_argument("--mode", choices=["whole", "segmented"], default="whole")
     p.add_argument("--shards", type=int, default=4)
-    p.add_argument("--shard-size", type=int, default=8 * MiB)
+    p.add_argument("--shard-size", type=int, default=32 * MiB)
     p.add_argument("--rate-limit", type=int, default=4 * MiB, help="bytes/s per connection")
     p.add_argument("--concurrency", type=int, default=8)
     p.add_argument("--processes", type=int, default=1)

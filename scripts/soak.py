@@ -2,7 +2,7 @@
 """Soak: download a 64-shard backup through a faulty emulator, round after round, and check
 every byte.
 
-    python scripts/soak.py                    # 64 shards x 2 MiB, 3 rounds, 30% faults, 3 s links
+    python scripts/soak.py                    # 64 shards x 4 MiB, 3 rounds, 30% faults, 3 s links
     python scripts/soak.py --rounds 1 --shards 8 --shard-size 262144
 
 Each round downloads the whole backup into an empty directory with the real engine while the
@@ -55,6 +55,7 @@ async def soak_round(number: int, args: argparse.Namespace, workdir: Path) -> Ro
     faults = Faults(
         link_lifetime=args.link_lifetime,
         cut_after=args.cut_after,
+        rate_limit=args.rate_limit or None,
         stall_seconds=args.read_timeout * 2,
         seed=args.seed + number,
         **{kind: per_kind for kind in SOAK_KINDS},
@@ -118,7 +119,8 @@ def table(rounds: list[Round], args: argparse.Namespace) -> str:
     return (
         f"soak: {args.shards} shards x {args.shard_size / MiB:g} MiB, {args.fault_rate:.0%} "
         f"faults, {args.link_lifetime:g} s links, responses cut after "
-        f"{args.cut_after / MiB:g} MiB\n\n" + "\n".join(lines)
+        f"{args.cut_after / MiB:g} MiB, {args.rate_limit / MiB:g} MiB/s per connection\n\n"
+        + "\n".join(lines)
     )
 
 
@@ -126,10 +128,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--shards", type=int, default=64)
-    p.add_argument("--shard-size", type=int, default=2 * MiB)
+    p.add_argument("--shard-size", type=int, default=4 * MiB)
     p.add_argument("--fault-rate", type=float, default=0.30, help="share of requests that fail")
     p.add_argument("--link-lifetime", type=float, default=3.0)
-    p.add_argument("--cut-after", type=int, default=3 * MiB, help="bytes per response at most")
+    p.add_argument("--cut-after", type=int, default=MiB, help="bytes per response at most")
+    p.add_argument(
+        "--rate-limit",
+        type=int,
+        default=4 * MiB,
+        help="bytes/s per connection (0: none), so rounds outlive the links",
+    )
     p.add_argument("--concurrency", type=int, default=8)
     p.add_argument("--read-timeout", type=float, default=1.0)
     p.add_argument("--processes", type=int, default=1)

@@ -79,14 +79,19 @@ def _valid_segments(segments: object, size: int | None) -> bool:
     return position == size
 
 
-def save_state(paths: FilePaths, state: ResumeState) -> None:
-    """Write the state atomically (a reader sees the old state or the new, never half)."""
+def save_state(paths: FilePaths, state: ResumeState, *, durable: bool = True) -> None:
+    """Write the state atomically (a reader sees the old state or the new, never half).
+
+    ``durable=False`` skips the fsync: for frequent progress saves, which only need to
+    survive the process (a crash of the machine is what the final checks are for).
+    """
     tmp = paths.state.with_name(paths.state.name + ".tmp")
     payload = json.dumps({"version": STATE_VERSION, **asdict(state)}).encode()
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         os.write(fd, payload)
-        os.fsync(fd)
+        if durable:
+            os.fsync(fd)
     finally:
         os.close(fd)
     os.replace(tmp, paths.state)

@@ -388,7 +388,7 @@ class FileTransfer:
             self._save_state()
         self._new_verifier()
 
-    def _save_state(self) -> None:
+    def _save_state(self, *, durable: bool = True) -> None:
         save_state(
             self.paths,
             ResumeState(
@@ -399,6 +399,7 @@ class FileTransfer:
                 self.md5_etag,
                 [list(seg) for seg in self.segments] if self.segments is not None else None,
             ),
+            durable=durable,
         )
 
     def _segmented(self) -> bool:
