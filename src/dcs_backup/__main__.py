@@ -1,3 +1,3 @@
-from ._cli import main
+from ._cli import console_main
 
-raise SystemExit(main())
+raise SystemExit(console_main())

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import logging
+import signal
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
@@ -226,7 +227,12 @@ def _version() -> str:
         return "unknown"
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def console_main() -> int:
+    """The ``dcs-backup`` program (a library caller uses ``main``, which leaves signals be)."""
+    return main(ignore_late_interrupts=True)
+
+
+def main(argv: Sequence[str] | None = None, *, ignore_late_interrupts: bool = False) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
@@ -242,7 +248,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ._redact import redact
 
     try:
-        return asyncio.run(command(args))
+        try:
+            return asyncio.run(command(args))
+        finally:
+            if ignore_late_interrupts:
+                # The work is over (done, failed or interrupted): a Ctrl-C now would only kill
+                # the report and turn the exit status into a signal.
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
     except KeyboardInterrupt:
         print(
             "interrupted: partial files are kept; run the same command again to resume",
