@@ -24,6 +24,7 @@ from ._integrity import etag_is_md5
 from ._obs import normalize_etag, parse_content_range
 from ._transfer import (
     _SSE_HEADERS,
+    Batcher,
     FileTransfer,
     _Refreshed,
     _widen_socket_reads,
@@ -33,7 +34,6 @@ from ._transfer import (
 
 log = logging.getLogger("dcs_backup.segments")
 _STATE_EVERY = 0.02  # seconds at least between resume-state saves while ranges stream
-_FLUSH_EVERY = 0.05  # seconds at most that received bytes wait in memory (a kill loses them)
 
 
 class _NoRanges(Exception):
@@ -165,16 +165,9 @@ class SegmentedDownload:
 
     async def _stream(self, resp: aiohttp.ClientResponse, segment: list[int]) -> None:
         t = self.t
-        write_size = t.ctx.config.write_size
         loop = asyncio.get_running_loop()
-        batch: list[bytes] = []
-        batched = 0
 
-        async def flush() -> None:
-            nonlocal batch, batched
-            if not batch:
-                return
-            pieces, batch, batched = batch, [], 0
+        async def write(pieces: list[bytes]) -> None:
             assert t._fd is not None
             written = await loop.run_in_executor(
                 None, _write_and_check, t._fd, pieces, segment[0] + segment[2], None
@@ -187,27 +180,13 @@ class SegmentedDownload:
             t.ctx.bus.emit(FileProgress(t.name, t.offset, t.size, written))
 
         length = segment[1] - segment[0]
-        last_flush = loop.time()
+        batches = Batcher(resp.content, t.ctx.config.write_size, limit=length - segment[2])
         try:
-            while True:
-                chunk, _ = await resp.content.readchunk()
-                if not chunk:
-                    if resp.content.at_eof():
-                        break
-                    continue
-                left = length - segment[2] - batched
-                if len(chunk) > left:  # never write past the range, whatever the server sends
-                    chunk = chunk[:left]
-                batch.append(chunk)
-                batched += len(chunk)
-                # Full batches, or whatever came in the last 50 ms on a slower link.
-                if batched >= write_size or loop.time() - last_flush > _FLUSH_EVERY:
-                    await flush()
-                    last_flush = loop.time()
-                if segment[2] + batched >= length:
-                    break
+            while (batch := await batches.next_batch()) is not None:
+                await write(batch)
         finally:
-            await flush()
+            if batches.pending:
+                await write(batches.take())
         if segment[2] < length:
             raise TransferError(f"a range ended after {segment[2]} of {length} bytes")
 

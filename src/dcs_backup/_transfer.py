@@ -431,42 +431,25 @@ class FileTransfer:
         self._new_verifier()
 
     async def _stream(self, resp: aiohttp.ClientResponse, expected: int | None) -> None:
-        """Body to disk in ``write_size`` batches, each written at its offset in a thread.
+        """Body to disk in batches, each written at its offset in a thread.
 
         The socket's chunks are written as they came (``pwritev``, no copying), and one batch
         is written while the next one is read, so the disk and the network overlap.
         """
-        write_size = self.ctx.config.write_size
         start = self.offset
-        batch: list[bytes] = []
-        batched = 0
+        batches = Batcher(resp.content, self.ctx.config.write_size)
         writing: asyncio.Task[None] | None = None
-        loop = asyncio.get_running_loop()
-        last_write = loop.time()
         try:
-            while True:
-                # readchunk hands over the socket's chunks one by one; iter_any would join
-                # (copy) everything buffered first.
-                chunk, _ = await resp.content.readchunk()
-                if not chunk:
-                    if resp.content.at_eof():
-                        break
-                    continue
-                batch.append(chunk)
-                batched += len(chunk)
-                # Full batches, or whatever came in the last 50 ms on a slower link.
-                if batched >= write_size or loop.time() - last_write > _FLUSH_EVERY:
-                    if writing is not None:
-                        await writing
-                    writing = asyncio.ensure_future(self._write(batch))
-                    batch, batched = [], 0
-                    last_write = loop.time()
+            while (batch := await batches.next_batch()) is not None:
+                if writing is not None:
+                    await writing
+                writing = asyncio.ensure_future(self._write(batch))
         finally:
             # Bytes that arrived are good bytes at their offset: keep them even on failure.
             if writing is not None:
                 await writing
-            if batch:
-                await self._write(batch)
+            if batches.pending:
+                await self._write(batches.take())
         received = self.offset - start
         if expected is None:
             if self.size is None:
@@ -505,6 +488,53 @@ class FileTransfer:
         os.replace(self.paths.part, self.paths.final)
         clear_state(self.paths)
         fsync_directory(self.ctx.directory)
+
+
+class Batcher:
+    """A response body's chunks, gathered into batches for one write each.
+
+    A batch is full at ``write_size`` bytes, or holds whatever came in the last 50 ms on a
+    slower link (bytes waiting in memory are lost if the process is killed). ``limit`` caps
+    the bytes taken from the body: a range never writes past its end, whatever is sent.
+    """
+
+    def __init__(
+        self, content: aiohttp.StreamReader, write_size: int, limit: int | None = None
+    ) -> None:
+        self.content = content
+        self.write_size = write_size
+        self.left = limit
+        self.pending: list[bytes] = []
+        self._pending_bytes = 0
+        self._loop = asyncio.get_running_loop()
+        self._since = self._loop.time()
+
+    async def next_batch(self) -> list[bytes] | None:
+        """The next batch to write; None at the end (``pending`` may still hold a last one)."""
+        while self.left is None or self.left > 0:
+            # readchunk hands over the socket's chunks one by one; iter_any would join (copy)
+            # everything buffered first.
+            chunk, _ = await self.content.readchunk()
+            if not chunk:
+                if self.content.at_eof():
+                    return None
+                continue
+            if self.left is not None:
+                chunk = chunk[: self.left]
+                self.left -= len(chunk)
+            self.pending.append(chunk)
+            self._pending_bytes += len(chunk)
+            if (
+                self._pending_bytes >= self.write_size
+                or self._loop.time() - self._since > _FLUSH_EVERY
+            ):
+                return self.take()
+        return None
+
+    def take(self) -> list[bytes]:
+        batch, self.pending, self._pending_bytes = self.pending, [], 0
+        self._since = self._loop.time()
+        return batch
 
 
 def _write_and_check(
