@@ -51,6 +51,22 @@ def cli_env(emu: Emulator, **extra: str) -> dict[str, str]:
 CLI = [sys.executable, "-m", "dcs_backup"]
 
 
+def download_command(backup_id: str, out: Path, *extra: str, instance: str = "inst") -> list[str]:
+    """`dcs-backup download` of one backup into ``out``, plain progress lines, plus ``extra``."""
+    return [
+        *CLI,
+        "download",
+        "--instance-id",
+        instance,
+        "--backup-id",
+        backup_id,
+        "-o",
+        str(out),
+        "--no-progress",
+        *extra,
+    ]
+
+
 class ThreadedEmulator:
     """An emulator on its own event loop in a thread, for tests that call the CLI in-process."""
 

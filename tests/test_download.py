@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CLI, cli_env
+from conftest import CLI, cli_env, download_command
 from dcs_backup import (
     Client,
     Event,
@@ -224,19 +224,7 @@ async def test_killed_midway_then_rerun(
     emulator.faults.rate_limit = 2 * MiB
     backup_id = emulator.add_generated_backup("inst", shards=4, shard_size=3 * MiB)
     size = 4 * 3 * MiB
-    args = [
-        *CLI,
-        "download",
-        "--instance-id",
-        "inst",
-        "--backup-id",
-        backup_id,
-        "-o",
-        str(tmp_path),
-        "--no-progress",
-        "--processes",
-        processes,
-    ]
+    args = download_command(backup_id, tmp_path, "--processes", processes)
     proc = await asyncio.create_subprocess_exec(
         *args, env=cli_env(emulator), stderr=asyncio.subprocess.PIPE
     )
@@ -337,21 +325,7 @@ async def test_segmented_resume_fetches_only_missing_ranges(
     emulator.faults.rate_limit = MiB // 2
     backup_id = emulator.add_generated_backup("inst", shard_size=[6 * MiB])
     name = emulator.backups["inst"][0].files[0]
-    args = [
-        *CLI,
-        "download",
-        "--instance-id",
-        "inst",
-        "--backup-id",
-        backup_id,
-        "-o",
-        str(tmp_path),
-        "--no-progress",
-        "--segment-size",
-        "512K",
-        "--max-segments",
-        "6",
-    ]
+    args = download_command(backup_id, tmp_path, "--segment-size", "512K", "--max-segments", "6")
     proc = await asyncio.create_subprocess_exec(
         *args, env=cli_env(emulator), stderr=asyncio.subprocess.PIPE
     )

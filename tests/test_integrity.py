@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from conftest import CLI, ROOT, cli_env
+from conftest import CLI, ROOT, cli_env, download_command
 from dcs_backup import Event, FileRetry
 from dcs_backup._cli import main
 from dcs_backup._formats import AofChecker, FormatError, RdbChecker
@@ -374,17 +374,7 @@ async def test_no_secret_in_a_verbose_run(tmp_path: Path) -> None:
             ]
         env = cli_env(emu, HUAWEICLOUD_SDK_SECURITY_TOKEN="TOKEN-SECRET-123")
         proc = await asyncio.create_subprocess_exec(
-            *CLI,
-            "download",
-            "-vvv",
-            "--instance-id",
-            "inst",
-            "--backup-id",
-            backup_id,
-            "-o",
-            str(tmp_path),
-            "--no-progress",
-            "--json",
+            *download_command(backup_id, tmp_path, "-vvv", "--json"),
             env=env,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,

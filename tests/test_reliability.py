@@ -11,7 +11,7 @@ from types import ModuleType
 
 import pytest
 
-from conftest import CLI, ROOT, cli_env
+from conftest import CLI, ROOT, cli_env, download_command
 from dcs_backup.emulator import Emulator
 from helpers import assert_exact, download, quick_config
 
@@ -83,17 +83,7 @@ async def test_low_open_file_limit_with_64_shards(emulator: Emulator, tmp_path: 
         resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
 
     proc = await asyncio.create_subprocess_exec(
-        *CLI,
-        "download",
-        "--instance-id",
-        "inst",
-        "--backup-id",
-        backup_id,
-        "-o",
-        str(tmp_path),
-        "--no-progress",
-        "--concurrency",
-        "32",
+        *download_command(backup_id, tmp_path, "--concurrency", "32"),
         "-v",
         env=cli_env(emulator),
         stderr=asyncio.subprocess.PIPE,
