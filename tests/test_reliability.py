@@ -157,3 +157,57 @@ async def test_output_directory_deleted_midway(emulator: Emulator, tmp_path: Pat
     again = await download(emulator, "inst", backup_id, out)
     assert again.ok
     assert_exact(emulator, "inst", backup_id, out)
+
+
+async def test_download_through_an_http_proxy(emulator: Emulator, tmp_path: Path) -> None:
+    """HTTP_PROXY / HTTPS_PROXY are honoured, as curl honours them."""
+    import aiohttp
+    from aiohttp import web
+
+    seen: list[str] = []
+
+    async def forward(request: web.Request) -> web.StreamResponse:
+        seen.append(str(request.url))
+        async with (
+            aiohttp.ClientSession(auto_decompress=False) as session,
+            session.request(
+                request.method, request.url, headers=request.headers, data=await request.read()
+            ) as upstream,
+        ):
+            response = web.StreamResponse(status=upstream.status, headers=upstream.headers)
+            await response.prepare(request)
+            async for chunk in upstream.content.iter_chunked(1 << 16):
+                await response.write(chunk)
+            return response
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", forward)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    proxy = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    try:
+        backup_id = emulator.add_generated_backup("inst", shards=2, shard_size=256 * 1024)
+        env = cli_env(emulator, HTTP_PROXY=proxy, HTTPS_PROXY=proxy, NO_PROXY="")
+        proc = await asyncio.create_subprocess_exec(
+            *download_command(backup_id, tmp_path), env=env, stderr=asyncio.subprocess.PIPE
+        )
+        _, err = await asyncio.wait_for(proc.communicate(), 60)
+    finally:
+        await runner.cleanup()
+    assert proc.returncode == 0, err.decode()
+    assert_exact(emulator, "inst", backup_id, tmp_path)
+    assert any("/obs/" in url for url in seen) and any("/links" in url for url in seen)
+
+
+async def test_output_directory_on_a_read_only_file_system(emulator: Emulator) -> None:
+    backup_id = emulator.add_generated_backup("inst", shards=1, shard_size=4096)
+    proc = await asyncio.create_subprocess_exec(
+        *download_command(backup_id, Path("/proc/dcs-backup-test")),
+        env=cli_env(emulator),
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await asyncio.wait_for(proc.communicate(), 60)
+    lines = err.decode().strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1
+    assert lines[0].startswith("error: cannot create the output directory /proc/dcs-backup-test")
