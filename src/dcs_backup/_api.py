@@ -183,7 +183,7 @@ class Client:
         if not done:
             raise BackupNotReadyError(
                 f"instance {instance_id} has no finished backup: create one first "
-                "(dcs-backup download --create, or the console)"
+                "(in the console, or with Client.create_backup)"
             )
         return done[0]
 
