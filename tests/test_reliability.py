@@ -211,3 +211,99 @@ async def test_output_directory_on_a_read_only_file_system(emulator: Emulator) -
     lines = err.decode().strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1
     assert lines[0].startswith("error: cannot create the output directory /proc/dcs-backup-test")
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A private CA and a certificate for 127.0.0.1 signed by it (Debian's openssl CLI)."""
+    import shutil
+    import subprocess
+
+    openssl = shutil.which("openssl")
+    assert openssl, "the TLS tests need the openssl command (Debian package openssl)"
+    d = tmp_path_factory.mktemp("tls")
+
+    def run(*args: str) -> None:
+        subprocess.run([openssl, *args], cwd=d, check=True, capture_output=True)
+
+    run(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=test CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign",
+    )
+    run(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+    )
+    (d / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
+    run(
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+        "-out",
+        "server.pem",
+    )
+    return {"ca": d / "ca.pem", "cert": d / "server.pem", "key": d / "server.key"}
+
+
+async def test_tls_is_verified_and_ca_bundle_is_honoured(
+    tls_files: dict[str, Path], tmp_path: Path
+) -> None:
+    import ssl
+
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(tls_files["cert"], tls_files["key"])
+    async with Emulator(ssl_context=context) as emu:
+        assert emu.endpoint.startswith("https://")
+        backup_id = emu.add_generated_backup("inst", shards=2, shard_size=128 * 1024)
+        proc = await asyncio.create_subprocess_exec(
+            *download_command(backup_id, tmp_path / "a"),
+            env=cli_env(emu),
+            stderr=asyncio.subprocess.PIPE,
+        )
+        _, err = await asyncio.wait_for(proc.communicate(), 60)
+        lines = err.decode().strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1, err.decode()
+        assert "not trusted" in lines[0] and "--ca-bundle" in lines[0]
+        assert emu.stats.api_calls == 0  # nothing was sent to a server it could not verify
+
+        proc = await asyncio.create_subprocess_exec(
+            *download_command(backup_id, tmp_path / "b", "--ca-bundle", str(tls_files["ca"])),
+            env=cli_env(emu),
+            stderr=asyncio.subprocess.PIPE,
+        )
+        _, err = await asyncio.wait_for(proc.communicate(), 60)
+        assert proc.returncode == 0, err.decode()
+        assert_exact(emu, "inst", backup_id, tmp_path / "b")

@@ -311,6 +311,12 @@ class Client:
                         f"{method} {path}: the API answered HTTP {resp.status} with something "
                         f"that is not JSON ({_snippet(text)})"
                     ) from None
+        except aiohttp.ClientConnectorCertificateError as exc:
+            host = urlsplit(base).hostname
+            raise ConfigError(
+                f"the TLS certificate of {host} is not trusted ({exc.certificate_error}): "
+                "pass --ca-bundle with the CA that signed it"
+            ) from exc
         except aiohttp.ClientConnectorDNSError as exc:
             host = urlsplit(base).hostname
             raise ConfigError(

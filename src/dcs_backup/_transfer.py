@@ -74,8 +74,8 @@ class TransferContext:
 def is_retryable(error: BaseException) -> bool:
     if isinstance(error, TransferError):
         return error.retryable
-    if isinstance(error, DcsBackupError):
-        return False
+    if isinstance(error, (DcsBackupError, aiohttp.ClientConnectorCertificateError)):
+        return False  # an untrusted certificate stays untrusted
     return isinstance(error, (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError))
 
 
@@ -87,6 +87,11 @@ def describe(error: BaseException) -> str:
         text = "timed out waiting for data"
     elif isinstance(error, aiohttp.ClientPayloadError):
         text = "the connection broke in the middle of the body"
+    elif isinstance(error, aiohttp.ClientConnectorCertificateError):
+        text = (
+            f"the TLS certificate of {error.host} is not trusted ({error.certificate_error}): "
+            "pass --ca-bundle with the CA that signed it"
+        )
     elif isinstance(error, aiohttp.ServerDisconnectedError):
         text = "the server closed the connection"
     else:

@@ -15,6 +15,7 @@ import hmac
 import json
 import logging
 import secrets
+import ssl
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -103,6 +104,7 @@ class Emulator:
         host: str = "127.0.0.1",
         port: int = 0,
         create_delay: float = 1.0,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.ak, self.sk = ak, sk
         self.project_id = project_id
@@ -111,6 +113,7 @@ class Emulator:
         self.stats = EmulatorStats()
         self.host, self.port = host, port
         self.create_delay = create_delay
+        self.ssl_context = ssl_context  # serve HTTPS with it (the endpoint becomes https://)
         self.backups: dict[str, list[StoredBackup]] = {}
         self.objects: dict[str, StoredObject] = {}
         self.clock_offset = 0.0  # seconds the emulated servers' clock is ahead of ours
@@ -144,7 +147,9 @@ class Emulator:
         app.router.add_get("/obs/{bucket}/{key:.+}", self._get_object)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
+        site = web.TCPSite(
+            self._runner, self.host, self.port, reuse_address=True, ssl_context=self.ssl_context
+        )
         await site.start()
         self.port = int(self._runner.addresses[0][1])
 
@@ -157,7 +162,8 @@ class Emulator:
 
     @property
     def endpoint(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        scheme = "https" if self.ssl_context is not None else "http"
+        return f"{scheme}://{self.host}:{self.port}"
 
     def credentials(self, **overrides: str) -> Credentials:
         values = {"ak": self.ak, "sk": self.sk, "project_id": self.project_id, **overrides}
