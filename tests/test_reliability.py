@@ -300,7 +300,9 @@ async def test_tls_is_verified_and_ca_bundle_is_honoured(
         assert emu.stats.api_calls == 0  # nothing was sent to a server it could not verify
 
         proc = await asyncio.create_subprocess_exec(
-            *download_command(backup_id, tmp_path / "b", "--ca-bundle", str(tls_files["ca"])),
+            *download_command(
+                backup_id, tmp_path / "b", "--ca-bundle", str(tls_files["ca"]), "--processes", "2"
+            ),
             env=cli_env(emu),
             stderr=asyncio.subprocess.PIPE,
         )

@@ -292,14 +292,9 @@ def _credentials(args: argparse.Namespace, *, required: bool = True) -> Credenti
 def _ssl_context(args: argparse.Namespace) -> ssl.SSLContext | None:
     if not getattr(args, "ca_bundle", None):
         return None
-    import ssl
+    from ._downloader import ca_bundle_context
 
-    from ._errors import ConfigError
-
-    try:
-        return ssl.create_default_context(cafile=str(args.ca_bundle))
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(f"cannot use the CA bundle {args.ca_bundle}: {exc}") from None
+    return ca_bundle_context(str(args.ca_bundle))
 
 
 def _client(args: argparse.Namespace, credentials: Credentials) -> Client:
@@ -387,6 +382,7 @@ async def _cmd_download(args: argparse.Namespace) -> int:
             max_segments=args.max_segments,
             check_space=not args.force,
             allow_http=args.allow_http,
+            ca_bundle=str(args.ca_bundle) if args.ca_bundle else None,
         )
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
@@ -410,7 +406,6 @@ async def _cmd_download(args: argparse.Namespace) -> int:
                     links=links,
                     config=config,
                     subscribers=[progress],
-                    ssl_context=_ssl_context(args),
                 )
         else:
             result = await download_backup(
@@ -421,7 +416,6 @@ async def _cmd_download(args: argparse.Namespace) -> int:
                 links=links,
                 config=config,
                 subscribers=[progress],
-                ssl_context=_ssl_context(args),
             )
     finally:
         progress.close()

@@ -37,6 +37,8 @@ class DownloadConfig:
     check_space:     refuse to start when the file system cannot hold the backup (default
                      True).
     allow_http:      accept plain http:// links to hosts other than loopback (default False).
+    ca_bundle:       a PEM file of CA certificates to trust for downloads (default None: the
+                     system's); worker processes use it too.
     segment_size:    files of at least twice this size (default 32 MiB) are fetched in
                      ranges over several connections at once, when the connections allowed
                      (``concurrency``) outnumber the files; 0 never splits.
@@ -56,6 +58,7 @@ class DownloadConfig:
     verify: VerifyMode = "auto"
     check_space: bool = True
     allow_http: bool = False
+    ca_bundle: str | None = None
     segment_size: int = 32 * MiB
     max_segments: int = 8
     processes: int | None = None

@@ -93,6 +93,9 @@ async def download_backup(
     )
     started = time.monotonic()
     results: dict[str, FileResult] = {}
+    if ssl_context is not None and config.processes != 1:
+        # A caller's own SSL context cannot be handed to worker processes: stay in this one.
+        config = dataclasses.replace(config, processes=1)
     async with _download_session(config, ssl_context) as session:
         ctx = TransferContext(session, source, directory, backup_id, config, bus)
         plans = await _plan(ctx)
@@ -253,6 +256,14 @@ def _within_open_file_limit(config: DownloadConfig) -> DownloadConfig:
     return config
 
 
+def ca_bundle_context(path: str) -> ssl.SSLContext:
+    """Verify servers against the CA certificates in ``path`` (PEM)."""
+    try:
+        return ssl.create_default_context(cafile=path)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"cannot use the CA bundle {path}: {exc}") from None
+
+
 def _prepare_directory(directory: Path) -> Path:
     try:
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -309,6 +320,8 @@ def _write_manifest(
 async def _download_session(
     config: DownloadConfig, ssl_context: ssl.SSLContext | None
 ) -> AsyncIterator[aiohttp.ClientSession]:
+    if ssl_context is None and config.ca_bundle:
+        ssl_context = ca_bundle_context(config.ca_bundle)
     connector = aiohttp.TCPConnector(
         limit=config.concurrency,  # every connection, ranges and probes included
         limit_per_host=0,
