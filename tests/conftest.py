@@ -51,6 +51,16 @@ def cli_env(emu: Emulator, **extra: str) -> dict[str, str]:
 CLI = [sys.executable, "-m", "dcs_backup"]
 
 
+async def run_cli(*args: str, env: dict[str, str]) -> tuple[int, str, str]:
+    """Run `dcs-backup ARGS` in a subprocess: (exit code, stdout, stderr)."""
+    proc = await asyncio.create_subprocess_exec(
+        *CLI, *args, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
 def download_command(backup_id: str, out: Path, *extra: str, instance: str = "inst") -> list[str]:
     """`dcs-backup download` of one backup into ``out``, plain progress lines, plus ``extra``."""
     return [

@@ -2,20 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 
-from conftest import CLI, cli_env
+from conftest import cli_env, run_cli
 from dcs_backup.emulator import Emulator
-
-
-async def run_cli(*args: str, env: dict[str, str]) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        *CLI, *args, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
 
 
 async def test_backups_and_links_with_right_keys(emulator: Emulator) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CLI, cli_env, download_command
+from conftest import cli_env, download_command, run_cli
 from dcs_backup import (
     Client,
     Event,
@@ -167,39 +167,20 @@ async def test_links_file_cli_and_tampered_signature(emulator: Emulator, tmp_pat
     good.write_text(json.dumps(links.to_json()))
     env = cli_env(emulator)
     del env["HUAWEICLOUD_SDK_AK"], env["HUAWEICLOUD_SDK_SK"]  # no credentials at all
-    proc = await asyncio.create_subprocess_exec(
-        *CLI,
-        "download",
-        "--links-file",
-        str(good),
-        "-o",
-        str(tmp_path / "a"),
-        "--no-progress",
-        env=env,
-        stderr=asyncio.subprocess.PIPE,
+    code, _, err = await run_cli(
+        "download", "--links-file", str(good), "-o", str(tmp_path / "a"), env=env
     )
-    _, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode == 0, err.decode()
+    assert code == 0, err
     assert_exact(emulator, "inst", backup_id, tmp_path / "a")
 
     data = links.to_json()
     data["links"][0]["link"] = data["links"][0]["link"].replace("Signature=", "Signature=AA")
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps(data))
-    proc = await asyncio.create_subprocess_exec(
-        *CLI,
-        "download",
-        "--links-file",
-        str(bad),
-        "-o",
-        str(tmp_path / "b"),
-        "--no-progress",
-        env=env,
-        stderr=asyncio.subprocess.PIPE,
+    code, _, text = await run_cli(
+        "download", "--links-file", str(bad), "-o", str(tmp_path / "b"), env=env
     )
-    _, err = await asyncio.wait_for(proc.communicate(), 60)
-    text = err.decode()
-    assert proc.returncode == 1 and "SignatureDoesNotMatch" in text
+    assert code == 1 and "SignatureDoesNotMatch" in text
     assert "retry" not in text  # a bad signature fails fast, it is not retried
     name = parse_links(data).links[0].file_name
     assert not (tmp_path / "b" / name).exists()

@@ -301,6 +301,20 @@ class Emulator:
             return None, self._error(400, "DCS.3022", "The instance does not exist.")
         return backups, None
 
+    async def _authorized(
+        self, request: web.Request
+    ) -> tuple[bytes, list[StoredBackup]] | web.Response:
+        """The body and the instance's backups of a signed request, or the error to answer."""
+        body = await request.read()
+        denied = self._check_auth(request, body)
+        if denied:
+            return denied
+        backups, error = self._instance(request)
+        if error:
+            return error
+        assert backups is not None
+        return body, backups
+
     async def _projects(self, request: web.Request) -> web.Response:
         denied = self._check_auth(request, await request.read())
         if denied:
@@ -310,13 +324,10 @@ class Emulator:
         return web.json_response({"projects": projects})
 
     async def _list(self, request: web.Request) -> web.Response:
-        denied = self._check_auth(request, await request.read())
-        if denied:
-            return denied
-        backups, error = self._instance(request)
-        if error:
-            return error
-        assert backups is not None
+        answer = await self._authorized(request)
+        if isinstance(answer, web.Response):
+            return answer
+        _, backups = answer
         try:
             offset = int(request.query.get("offset", "0"))
             limit = int(request.query.get("limit", "10"))
@@ -333,13 +344,10 @@ class Emulator:
         )
 
     async def _create(self, request: web.Request) -> web.Response:
-        body = await request.read()
-        denied = self._check_auth(request, body)
-        if denied:
-            return denied
-        _, error = self._instance(request)
-        if error:
-            return error
+        answer = await self._authorized(request)
+        if isinstance(answer, web.Response):
+            return answer
+        body, _ = answer
         try:
             data = json.loads(body)
             fmt = data.get("backup_format", "rdb")
@@ -367,14 +375,10 @@ class Emulator:
         return web.json_response({"backup_id": backup_id, "backup_name": name})
 
     async def _links(self, request: web.Request) -> web.Response:
-        body = await request.read()
-        denied = self._check_auth(request, body)
-        if denied:
-            return denied
-        backups, error = self._instance(request)
-        if error:
-            return error
-        assert backups is not None
+        answer = await self._authorized(request)
+        if isinstance(answer, web.Response):
+            return answer
+        body, backups = answer
         try:
             expiration = json.loads(body)["expiration"]
         except (ValueError, KeyError, TypeError):
