@@ -271,7 +271,7 @@ SEGMENTED = {"segment_size": 256 * 1024, "max_segments": 6, "concurrency": 8}
 @pytest.mark.parametrize(
     "faults",
     [
-        Faults(),
+        Faults(rate_limit=4 * MiB),
         Faults(
             reset=0.05,
             error_500=0.05,
