@@ -15,11 +15,9 @@ import os
 from collections.abc import Sequence
 
 import aiohttp
-from yarl import URL
 
 from ._errors import TransferError
 from ._events import FileProgress
-from ._http import parse_http_date
 from ._integrity import etag_is_md5
 from ._obs import normalize_etag, parse_content_range
 from ._transfer import (
@@ -27,9 +25,7 @@ from ._transfer import (
     Batcher,
     FileTransfer,
     _Refreshed,
-    _widen_socket_reads,
     _write_and_check,
-    is_retryable,
 )
 
 log = logging.getLogger("dcs_backup.segments")
@@ -70,7 +66,6 @@ class SegmentedDownload:
         count = max(1, min(t.segments_allowed, config.max_segments, size // config.segment_size))
         bounds = [size * i // count for i in range(count + 1)]
         t.size = size
-        t.etag = t.etag if t.etag is not None else t.etag_hint
         t.md5_etag = etag_is_md5(t.etag)
         t.segments = [[bounds[i], bounds[i + 1], 0] for i in range(count)]
         _allocate(t._fd, size)
@@ -105,43 +100,26 @@ class SegmentedDownload:
 
     async def _fetch_range(self, segment: list[int]) -> None:
         """One range, retried on its own: failures count only while it makes no progress."""
-        t = self.t
-        failures = 0
-        retrying = t.ctx.config.retry.retrying(
-            is_retryable=is_retryable,
-            retry_after=lambda e: e.retry_after if isinstance(e, TransferError) else None,
-            failures=lambda _state: failures,
-            before_sleep=t._before_retry,
-        )
-        async for attempt in retrying:
-            with attempt:
-                before = segment[2]
+        started_at = segment[2]
+
+        async def attempt() -> None:
+            nonlocal started_at
+            started_at = segment[2]
+            while True:
                 try:
-                    while True:
-                        try:
-                            await self._request(segment)
-                            break
-                        except _Refreshed:
-                            continue
-                except (_NoRanges, asyncio.CancelledError):
-                    raise
-                except BaseException:
-                    failures = 1 if segment[2] > before else failures + 1
-                    t.failures = failures
-                    raise
+                    await self._request(segment)
+                    return
+                except _Refreshed:
+                    continue
+
+        await self.t.retry_with_progress(attempt, lambda: segment[2] > started_at)
 
     async def _request(self, segment: list[int]) -> None:
         t = self.t
         start, end, done = segment
         if done >= end - start:
             return
-        link, generation = await t.ctx.links.fresh(t.name)
-        headers = {"Accept-Encoding": "identity", "Range": f"bytes={start + done}-{end - 1}"}
-        if t.etag:
-            headers["If-Match"] = f'"{t.etag}"'
-        async with t.ctx.session.get(URL(link.url, encoded=True), headers=headers) as resp:
-            _widen_socket_reads(resp, t.ctx.config.write_size)
-            t.ctx.links.observe_server_date(parse_http_date(resp.headers.get("Date")))
+        async with t.get(start + done, end - 1) as (resp, generation):
             if resp.status == 200:
                 raise _NoRanges("the server ignored Range")
             if resp.status in (412, 416):

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import os
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -109,12 +111,10 @@ class FileTransfer:
         size_hint: int | None = None,
         *,
         segments: int = 1,
-        etag_hint: str | None = None,
     ) -> None:
         self.ctx = ctx
         self.name = name
         self.size_hint = size_hint  # from the size probe
-        self.etag_hint = etag_hint
         self.segments_allowed = segments  # connections this file may use at once
         self.segments: list[list[int]] | None = None  # [start, end, done] when segmented
         self.paths = FilePaths(ctx.directory, name)
@@ -125,7 +125,7 @@ class FileTransfer:
         self.checks: FileChecks | None = None
         self.offset = 0
         self.resumed_from = 0
-        self.failures = 0
+        self._request_start = 0  # the offset the latest request started from
         self._refreshes_without_progress = 0
         self._fd: int | None = None
 
@@ -160,7 +160,6 @@ class FileTransfer:
                     log.warning("%s %s", self.name, reason)
                     self.ctx.bus.emit(FileRetry(self.name, 0, 0.0, reason))
         except (DcsBackupError, aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
-            self._close()
             reason = _disk_error(exc, self.paths.part) or describe(exc)
             return FileResult(
                 self.name,
@@ -188,16 +187,33 @@ class FileTransfer:
 
     async def _download(self) -> None:
         """Retry requests until every byte is on disk (or the retry policy gives up)."""
+        await self.retry_with_progress(
+            self._until_failure, lambda: self.offset > self._request_start
+        )
+
+    async def retry_with_progress(
+        self, attempt: Callable[[], Awaitable[None]], made_progress: Callable[[], bool]
+    ) -> None:
+        """Run ``attempt`` until it completes or the retry policy gives up.
+
+        Only failures in a row without progress count (``made_progress`` says, after a
+        failure, whether the failed request had moved on): a failure after progress is the
+        first of a new run, so a long file on a flaky network is not given up on.
+        """
+        failures = 0
         retrying = self.ctx.config.retry.retrying(
             is_retryable=is_retryable,
             retry_after=lambda e: e.retry_after if isinstance(e, TransferError) else None,
-            failures=lambda _state: self.failures,
-            before_sleep=self._before_retry,
+            failures=lambda _state: failures,
+            before_sleep=lambda state: self._before_retry(state, failures),
         )
-        self.failures = 0
-        async for attempt in retrying:
-            with attempt:
-                await self._until_failure()
+        async for try_ in retrying:
+            with try_:
+                try:
+                    await attempt()
+                except BaseException:
+                    failures = 1 if made_progress() else failures + 1
+                    raise
 
     async def _open(self) -> None:
         state = load_state(self.paths, self.ctx.backup_id)
@@ -234,23 +250,21 @@ class FileTransfer:
             os.close(self._fd)
             self._fd = None
 
-    def _before_retry(self, state: tenacity.RetryCallState) -> None:
+    def _before_retry(self, state: tenacity.RetryCallState, failures: int) -> None:
         self.ctx.stats.retries += 1
         error = state.outcome.exception() if state.outcome else None
         delay = state.next_action.sleep if state.next_action else 0.0
         reason = describe(error) if error else "unknown"
-        log.info("%s: retry %d in %.1fs: %s", self.name, self.failures, delay, reason)
-        self.ctx.bus.emit(FileRetry(self.name, self.failures, delay, reason))
+        log.info("%s: retry %d in %.1fs: %s", self.name, failures, delay, reason)
+        self.ctx.bus.emit(FileRetry(self.name, failures, delay, reason))
 
     async def _until_failure(self) -> None:
         """Requests until the file is complete or a real failure happens.
 
-        Link refreshes and restarts are not failures; a failure after progress counts as the
-        first of a new run of failures, so a long file on a flaky network is not given up on.
+        Link refreshes and a few restarts are not failures: they ask again at once.
         """
         restarts = 0
         while True:
-            start_offset = self.offset
             try:
                 await self._request()
                 return
@@ -259,31 +273,38 @@ class FileTransfer:
             except _Restart as exc:
                 restarts += 1
                 if restarts > _FREE_RESTARTS:
-                    self.failures += 1
                     raise TransferError(str(exc)) from None
                 log.info("%s: starting over: %s", self.name, exc)
-                continue
-            except BaseException:
-                self.failures = 1 if self.offset > start_offset else self.failures + 1
-                raise
 
     # -- one request -------------------------------------------------------------------------
 
     async def _request(self) -> None:
         if self.size is not None and self.offset == self.size:
             return
+        self._request_start = self.offset
+        async with self.get(self.offset) as (resp, generation):
+            expected = await self._check_answer(resp, self.offset > 0, generation)
+            await self._stream(resp, expected)
+
+    @contextlib.asynccontextmanager
+    async def get(
+        self, first: int, last: int | None = None
+    ) -> AsyncIterator[tuple[aiohttp.ClientResponse, int]]:
+        """GET the object from byte ``first`` (through ``last``) with a fresh link.
+
+        Yields the answer and the generation of the link used. A ranged request carries the
+        saved ETag as If-Match, so that a changed object cannot be spliced onto old bytes.
+        """
         link, generation = await self.ctx.links.fresh(self.name)
         headers = {"Accept-Encoding": "identity"}
-        ranged = self.offset > 0
-        if ranged:
-            headers["Range"] = f"bytes={self.offset}-"
+        if first or last is not None:
+            headers["Range"] = f"bytes={first}-{'' if last is None else last}"
             if self.etag:
                 headers["If-Match"] = f'"{self.etag}"'
         async with self.ctx.session.get(URL(link.url, encoded=True), headers=headers) as resp:
             _widen_socket_reads(resp, self.ctx.config.write_size)
             self.ctx.links.observe_server_date(parse_http_date(resp.headers.get("Date")))
-            expected = await self._check_answer(resp, ranged, generation)
-            await self._stream(resp, expected)
+            yield resp, generation
 
     async def _check_answer(
         self, resp: aiohttp.ClientResponse, ranged: bool, generation: int
