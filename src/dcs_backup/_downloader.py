@@ -146,19 +146,20 @@ async def _run_transfers(
     verbosity = {logging.INFO: 1, logging.DEBUG: 2}.get(logging.getLogger("dcs_backup").level, 0)
     remote = [WorkerProcess(local, share, verbosity) for share in shares[1:]]
     outcomes = await asyncio.gather(
-        _run_here(local, shares[0], results), *(worker.run() for worker in remote)
+        run_files(local, shares[0], lambda result: results.__setitem__(result.name, result)),
+        *(worker.run() for worker in remote),
     )
     for outcome in outcomes[1:]:
         assert isinstance(outcome, dict)
-        for name, result in outcome.items():
-            results[name] = result
-            if result.status == "failed":
-                ctx.bus.emit(FileFailed(name, result.error or "failed"))
+        results.update(outcome)
 
 
-async def _run_here(
-    ctx: TransferContext, files: list[tuple[str, int | None]], results: dict[str, FileResult]
+async def run_files(
+    ctx: TransferContext,
+    files: list[tuple[str, int | None]],
+    report: Callable[[FileResult], None],
 ) -> None:
+    """Download ``files`` in this process, largest first, ``report``-ing each result."""
     files = sorted(files, key=lambda f: -1 if f[1] is None else -f[1])
     queue = list(reversed(files))
     disk_full = False
@@ -171,13 +172,13 @@ async def _run_here(
             name, size = queue.pop()
             if disk_full:  # every other file would fail the same way: do not start it
                 error = f"not started: {DISK_FULL}"
-                results[name] = FileResult(name, "failed", ctx.directory / name, size, error=error)
+                report(FileResult(name, "failed", ctx.directory / name, size, error=error))
                 continue
             result = await FileTransfer(ctx, name, size, segments=segments).run()
             if result.status == "failed":
                 disk_full = disk_full or (result.error or "").startswith(DISK_FULL)
                 ctx.bus.emit(FileFailed(result.name, result.error or "failed"))
-            results[name] = result
+            report(result)
 
     await asyncio.gather(*(worker() for _ in range(min(ctx.config.concurrency, len(files)))))
 

@@ -15,7 +15,7 @@ import os
 import sys
 from typing import Any
 
-from ._events import EventBus
+from ._events import EventBus, FileFailed
 from ._links import LinkSource
 from ._result import FileResult
 from ._transfer import TransferContext
@@ -90,12 +90,9 @@ class WorkerProcess:
             await self._stop()
         missing = [name for name, _ in self.files if name not in self.results]
         for name in missing:  # a worker that died without a word: its files failed
-            self.results[name] = FileResult(
-                name,
-                "failed",
-                self.ctx.directory / name,
-                error=f"the worker process ended unexpectedly (exit {proc.returncode})",
-            )
+            error = f"the worker process ended unexpectedly (exit {proc.returncode})"
+            self.results[name] = FileResult(name, "failed", self.ctx.directory / name, error=error)
+            self.ctx.bus.emit(FileFailed(name, error))
         return self.results
 
     async def _handle(self, message: dict[str, Any]) -> None:
@@ -177,8 +174,7 @@ class _Parent:
 async def _worker(job: dict[str, Any], stdin: asyncio.StreamReader) -> None:
     from pathlib import Path
 
-    from ._downloader import _download_session
-    from ._transfer import FileTransfer
+    from ._downloader import _download_session, run_files
 
     parent = _Parent(job["generation"])
     config = config_from_json(job["config"])
@@ -197,17 +193,14 @@ async def _worker(job: dict[str, Any], stdin: asyncio.StreamReader) -> None:
         ctx = TransferContext(
             session, source, Path(job["directory"]), job["backup_id"], config, bus
         )
-        queue = [tuple(f) for f in reversed(job["files"])]
-        segments = max(1, config.concurrency // max(len(queue), 1))
+        files = [(name, size) for name, size in job["files"]]
 
         async def transfers() -> None:
-            async def one_worker() -> None:
-                while queue:
-                    name, size = queue.pop()
-                    result = await FileTransfer(ctx, name, size, segments=segments).run()
-                    parent.send({"op": "result", "result": result_to_json(result)})
-
-            await asyncio.gather(*(one_worker() for _ in range(config.concurrency)))
+            await run_files(
+                ctx,
+                files,
+                lambda result: parent.send({"op": "result", "result": result_to_json(result)}),
+            )
 
         async def listen() -> None:
             while line := await stdin.readline():
