@@ -193,20 +193,7 @@ def tools_for(data: Path, base_url: str, parallel: int, work: Path, links: Path)
     out = work / "out"
     dd = " ".join(f"dd if={data}/{n} of={out}/{n} bs=1M status=none &" for n in names)
     return [
-        Tool(
-            "dcs-backup",
-            [
-                sys.executable,
-                "-m",
-                "dcs_backup",
-                "download",
-                "--links-file",
-                str(links),
-                "-o",
-                str(out),
-                "--no-progress",
-            ],
-        ),
+        Tool("dcs-backup", dcs_command(links, out)),
         Tool(
             "wget2",
             ["wget2", "-q", "--max-threads", str(parallel), "-P", str(out), "-i", str(urls)],
@@ -237,6 +224,21 @@ def tools_for(data: Path, base_url: str, parallel: int, work: Path, links: Path)
             writes=False,
         ),
         Tool(f"floor: {len(names)} x dd", [f"{dd} wait"], shell=True),
+    ]
+
+
+def dcs_command(links: Path, out: Path) -> list[str]:
+    """dcs-backup with its defaults, downloading from a links file."""
+    return [
+        sys.executable,
+        "-m",
+        "dcs_backup",
+        "download",
+        "--links-file",
+        str(links),
+        "-o",
+        str(out),
+        "--no-progress",
     ]
 
 
@@ -432,20 +434,7 @@ def capped(args: argparse.Namespace) -> str:
         url = json.loads(links)["links"][0]["link"]
         out = work / "out"
         tools = [
-            Tool(
-                "dcs-backup",
-                [
-                    sys.executable,
-                    "-m",
-                    "dcs_backup",
-                    "download",
-                    "--links-file",
-                    str(work / "links.json"),
-                    "-o",
-                    str(out),
-                    "--no-progress",
-                ],
-            ),
+            Tool("dcs-backup", dcs_command(work / "links.json", out)),
             Tool("curl (one connection)", ["curl", "-s", "-o", str(out / path.name), url]),
             Tool(
                 "aria2c -x 8 (segmented)",
