@@ -42,6 +42,17 @@ def _setup_logging(verbosity: int) -> None:
         root.setLevel(logging.DEBUG)
 
 
+def _fork_spare_workers(processes: int | None) -> None:
+    """Worker processes forked before the event loop starts begin with their modules loaded
+    (see ``_workers.fork_spares``); the download takes as many as it wants."""
+    from . import _downloader  # noqa: F401  (loaded before the fork: the workers need it)
+    from ._config import DownloadConfig, worker_processes
+    from ._workers import fork_spares
+
+    most = worker_processes(DownloadConfig(processes=processes), files=1 << 20, total_bytes=1 << 50)
+    fork_spares(most - 1)
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -228,14 +239,22 @@ def _version() -> str:
 
 
 def console_main() -> int:
-    """The ``dcs-backup`` program (a library caller uses ``main``, which leaves signals be)."""
-    return main(ignore_late_interrupts=True)
+    """The ``dcs-backup`` program (a library caller uses ``main``, which leaves signals and
+    processes be)."""
+    return main(ignore_late_interrupts=True, fork_workers=True)
 
 
-def main(argv: Sequence[str] | None = None, *, ignore_late_interrupts: bool = False) -> int:
+def main(
+    argv: Sequence[str] | None = None,
+    *,
+    ignore_late_interrupts: bool = False,
+    fork_workers: bool = False,
+) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
+    if fork_workers and args.command == "download":
+        _fork_spare_workers(args.processes)
     command: Callable[[argparse.Namespace], Coroutine[Any, Any, int]] = {
         "backups": _cmd_backups,
         "links": _cmd_links,

@@ -42,7 +42,7 @@ class RdbChecker:
         self.crc: int | None = None
         self.checksummed = True
 
-    def update(self, data: bytes) -> None:
+    def update(self, data: bytes | memoryview) -> None:
         if not data:
             return
         self.size += len(data)

@@ -16,16 +16,15 @@ from collections.abc import Sequence
 
 import aiohttp
 
+from ._body import receive
 from ._errors import TransferError
-from ._events import FileProgress
 from ._integrity import etag_is_md5
 from ._obs import normalize_etag, parse_content_range
+from ._sink import Sink
 from ._transfer import (
     _SSE_HEADERS,
-    Batcher,
     FileTransfer,
     _Refreshed,
-    _write_and_check,
 )
 
 log = logging.getLogger("dcs_backup.segments")
@@ -143,28 +142,18 @@ class SegmentedDownload:
 
     async def _stream(self, resp: aiohttp.ClientResponse, segment: list[int]) -> None:
         t = self.t
-        loop = asyncio.get_running_loop()
+        assert t._fd is not None
 
-        async def write(pieces: list[bytes]) -> None:
-            assert t._fd is not None
-            written = await loop.run_in_executor(
-                None, _write_and_check, t._fd, pieces, segment[0] + segment[2], None
-            )
-            segment[2] += written
+        def written(count: int) -> None:
+            segment[2] += count
+            t.offset += count
             self._note_progress()
-            t.offset += written
-            t.ctx.stats.bytes_received += written
-            t._refreshes_without_progress = 0
-            t.ctx.bus.emit(FileProgress(t.name, t.offset, t.size, written))
+            t.note_written(count)
 
+        # No verifier: the bytes come out of order, the file is checked once it is whole.
+        sink = Sink(t._fd, lambda: segment[0] + segment[2], written)
         length = segment[1] - segment[0]
-        batches = Batcher(resp.content, t.ctx.config.write_size, limit=length - segment[2])
-        try:
-            while (batch := await batches.next_batch()) is not None:
-                await write(batch)
-        finally:
-            if batches.pending:
-                await write(batches.take())
+        await receive(resp, length - segment[2], sink, t.ctx.config)
         if segment[2] < length:
             raise TransferError(f"a range ended after {segment[2]} of {length} bytes")
 

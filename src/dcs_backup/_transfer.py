@@ -16,6 +16,7 @@ import aiohttp
 import tenacity
 from yarl import URL
 
+from ._body import receive
 from ._config import DownloadConfig
 from ._errors import DcsBackupError, IntegrityError, LinkExpiredError, TransferError
 from ._events import EventBus, FileDone, FileProgress, FileRetry, FileStarted
@@ -25,6 +26,7 @@ from ._links import LinkSource
 from ._obs import normalize_etag, parse_content_length, parse_content_range, parse_obs_error
 from ._redact import redact
 from ._result import FileResult
+from ._sink import Sink
 from ._state import (
     FilePaths,
     ResumeState,
@@ -42,8 +44,6 @@ _FREE_RESTARTS = 3  # starting a file over is free this often per attempt, then 
 _MAX_REFRESHES_WITHOUT_PROGRESS = 2
 _INTEGRITY_RETRIES = 1  # a file failing a check is fetched again from byte 0 this often
 _SSE_HEADERS = ("x-obs-server-side-encryption", "x-amz-server-side-encryption")
-_FLUSH_EVERY = 0.05  # seconds at most that received bytes wait in memory (a kill loses them)
-_IOV_MAX = 512  # buffers per pwritev call, well under Linux's 1024
 
 
 class _Restart(Exception):
@@ -457,25 +457,15 @@ class FileTransfer:
         self._new_verifier()
 
     async def _stream(self, resp: aiohttp.ClientResponse, expected: int | None) -> None:
-        """Body to disk in batches, each written at its offset in a thread.
-
-        The socket's chunks are written as they came (``pwritev``, no copying), and one batch
-        is written while the next one is read, so the disk and the network overlap.
-        """
+        """The body to disk at ``offset`` on, checked as it goes (see ``_body`` and ``_sink``)."""
+        assert self._fd is not None
+        if self.verifier is None:
+            self._new_verifier()
+        assert self.verifier is not None
         start = self.offset
-        batches = Batcher(resp.content, self.ctx.config.write_size)
-        writing: asyncio.Task[None] | None = None
-        try:
-            while (batch := await batches.next_batch()) is not None:
-                if writing is not None:
-                    await writing
-                writing = asyncio.ensure_future(self._write(batch))
-        finally:
-            # Bytes that arrived are good bytes at their offset: keep them even on failure.
-            if writing is not None:
-                await writing
-            if batches.pending:
-                await self._write(batches.take())
+        sink = Sink(self._fd, lambda: self.offset, self._written, self.verifier)
+        sink.inline = self.verifier.cheap  # MD5, SHA-256 and RESP parsing belong in threads
+        await receive(resp, expected, sink, self.ctx.config)
         received = self.offset - start
         if expected is None:
             if self.size is None:
@@ -484,19 +474,15 @@ class FileTransfer:
         elif received != expected:
             raise TransferError(f"the body ended after {received} of {expected} bytes")
 
-    async def _write(self, pieces: list[bytes]) -> None:
-        assert self._fd is not None
-        if self.verifier is None:
-            self._new_verifier()
-        fd, offset = self._fd, self.offset
-        # Writing and hashing in a worker thread overlaps both with the network.
-        written = await asyncio.get_running_loop().run_in_executor(
-            None, _write_and_check, fd, pieces, offset, self.verifier
-        )
-        self.offset += written
-        self.ctx.stats.bytes_received += written
+    def _written(self, count: int) -> None:
+        self.offset += count
+        self.note_written(count)
+
+    def note_written(self, count: int) -> None:
+        """Bookkeeping for ``count`` new bytes on disk (``offset`` already moved on)."""
+        self.ctx.stats.bytes_received += count
         self._refreshes_without_progress = 0
-        self.ctx.bus.emit(FileProgress(self.name, self.offset, self.size, written))
+        self.ctx.bus.emit(FileProgress(self.name, self.offset, self.size, count))
 
     async def _finalize(self) -> None:
         """Check the size, make the bytes durable, and only then give the file its name."""
@@ -514,76 +500,6 @@ class FileTransfer:
         os.replace(self.paths.part, self.paths.final)
         clear_state(self.paths)
         fsync_directory(self.ctx.directory)
-
-
-class Batcher:
-    """A response body's chunks, gathered into batches for one write each.
-
-    A batch is full at ``write_size`` bytes, or holds whatever came in the last 50 ms on a
-    slower link (bytes waiting in memory are lost if the process is killed). ``limit`` caps
-    the bytes taken from the body: a range never writes past its end, whatever is sent.
-    """
-
-    def __init__(
-        self, content: aiohttp.StreamReader, write_size: int, limit: int | None = None
-    ) -> None:
-        self.content = content
-        self.write_size = write_size
-        self.left = limit
-        self.pending: list[bytes] = []
-        self._pending_bytes = 0
-        self._loop = asyncio.get_running_loop()
-        self._since = self._loop.time()
-
-    async def next_batch(self) -> list[bytes] | None:
-        """The next batch to write; None at the end (``pending`` may still hold a last one)."""
-        while self.left is None or self.left > 0:
-            # readchunk hands over the socket's chunks one by one; iter_any would join (copy)
-            # everything buffered first.
-            chunk, _ = await self.content.readchunk()
-            if not chunk:
-                if self.content.at_eof():
-                    return None
-                continue
-            if self.left is not None:
-                chunk = chunk[: self.left]
-                self.left -= len(chunk)
-            self.pending.append(chunk)
-            self._pending_bytes += len(chunk)
-            if (
-                self._pending_bytes >= self.write_size
-                or self._loop.time() - self._since > _FLUSH_EVERY
-            ):
-                return self.take()
-        return None
-
-    def take(self) -> list[bytes]:
-        batch, self.pending, self._pending_bytes = self.pending, [], 0
-        self._since = self._loop.time()
-        return batch
-
-
-def _write_and_check(
-    fd: int, pieces: list[bytes], offset: int, verifier: StreamVerifier | None
-) -> int:
-    total = sum(len(p) for p in pieces)
-    done = 0
-    for i in range(0, len(pieces), _IOV_MAX):
-        group = pieces[i : i + _IOV_MAX]
-        size = sum(len(p) for p in group)
-        wrote = os.pwritev(fd, group, offset + done)
-        if wrote < size:  # a short write (rare for files): finish the rest piece by piece
-            rest = memoryview(b"".join(group))[wrote:]
-            while rest:
-                n = os.pwrite(fd, rest, offset + done + wrote)
-                wrote += n
-                rest = rest[n:]
-        done += wrote
-    if verifier is not None:
-        for piece in pieces:
-            verifier.update(piece)
-    assert done == total
-    return done
 
 
 def _widen_socket_reads(resp: aiohttp.ClientResponse, size: int) -> None:

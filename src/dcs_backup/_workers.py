@@ -9,11 +9,15 @@ stops at once, leaving its partial files for a rerun, as the parent would.
 from __future__ import annotations
 
 import asyncio
+import atexit
+import contextlib
 import json
 import logging
 import os
+import signal
+import subprocess
 import sys
-from typing import Any
+from typing import IO, Any
 
 from ._events import EventBus, FileFailed
 from ._links import LinkSource
@@ -47,6 +51,96 @@ def split_by_size(
     return [s for s in shares if s]
 
 
+class _Child:
+    """A worker interpreter, as the parent holds it: its pid and its stdin and stdout pipes."""
+
+    def __init__(
+        self, pid: int, stdin: IO[bytes], stdout: IO[bytes], popen: subprocess.Popen[bytes] | None
+    ) -> None:
+        self.pid = pid
+        self.stdin = stdin
+        self.stdout = stdout
+        self.returncode: int | None = None
+        self._popen = popen  # a spawned worker; a forked one is reaped with waitpid
+
+    @classmethod
+    def spawn(cls) -> _Child:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "dcs_backup._workers"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        assert proc.stdin is not None and proc.stdout is not None
+        return cls(proc.pid, proc.stdin, proc.stdout, proc)
+
+    def wait(self) -> int:
+        """Block until the worker exits (run in a thread); its exit status."""
+        if self.returncode is None:
+            if self._popen is not None:
+                self.returncode = self._popen.wait()
+            else:
+                _, status = os.waitpid(self.pid, 0)
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def kill(self) -> None:
+        if self.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+
+    def discard(self) -> None:
+        """An unused spare: its stdin closes, so it exits at once."""
+        self.stdin.close()
+        self.stdout.close()
+        with contextlib.suppress(ChildProcessError):
+            self.wait()
+
+
+_spares: list[_Child] = []
+
+
+def fork_spares(count: int) -> None:
+    """Fork ``count`` workers now, for a download that may want them (POSIX only).
+
+    Called by the program before its event loop exists, with its modules imported and no
+    other thread running, so a fork is safe and the worker starts with everything loaded: a
+    fresh interpreter spends 0.4 s of a core importing first, while the download needs that
+    core. A spare the download does not use exits as soon as its stdin closes.
+    """
+    if not hasattr(os, "fork") or count < 1:
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    for _ in range(count):
+        job_read, job_write = os.pipe()
+        out_read, out_write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the worker: its pipes become its stdin and stdout
+            code = 1
+            try:
+                os.dup2(job_read, 0)
+                os.dup2(out_write, 1)
+                for fd in (job_read, job_write, out_read, out_write):
+                    os.close(fd)
+                for sibling in _spares:
+                    sibling.stdin.close()
+                    sibling.stdout.close()
+                code = main()
+            finally:
+                sys.stderr.flush()
+                os._exit(code)
+        os.close(job_read)
+        os.close(out_write)
+        stdin, stdout = os.fdopen(job_write, "wb", 0), os.fdopen(out_read, "rb", 0)
+        _spares.append(_Child(pid, stdin, stdout, None))
+    atexit.register(discard_spares)
+
+
+def discard_spares() -> None:
+    while _spares:
+        _spares.pop().discard()
+
+
 class WorkerProcess:
     """The parent's handle on one worker: start it, serve its refreshes, relay its events."""
 
@@ -55,19 +149,20 @@ class WorkerProcess:
         self.files = files
         self.verbosity = verbosity
         self.results: dict[str, FileResult] = {}
-        self._proc: asyncio.subprocess.Process | None = None
+        self._child: _Child | None = None
+        self._writer: asyncio.StreamWriter | None = None
 
     async def run(self) -> dict[str, FileResult]:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "dcs_backup._workers",
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            limit=_LINE_LIMIT,
-        )
-        self._proc = proc
+        child = _spares.pop() if _spares else _Child.spawn()
+        self._child = child
+        loop = asyncio.get_running_loop()
         try:
+            reader = asyncio.StreamReader(limit=_LINE_LIMIT)
+            await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), child.stdout)
+            transport, protocol = await loop.connect_write_pipe(
+                lambda: asyncio.StreamReaderProtocol(asyncio.StreamReader()), child.stdin
+            )
+            self._writer = asyncio.StreamWriter(transport, protocol, None, loop)
             links = self.ctx.links
             await self._send(
                 {
@@ -83,14 +178,13 @@ class WorkerProcess:
                     "verbosity": self.verbosity,
                 }
             )
-            assert proc.stdout is not None
-            while line := await proc.stdout.readline():
+            while line := await reader.readline():
                 await self._handle(json.loads(line))
         finally:
             await self._stop()
         missing = [name for name, _ in self.files if name not in self.results]
         for name in missing:  # a worker that died without a word: its files failed
-            error = f"the worker process ended unexpectedly (exit {proc.returncode})"
+            error = f"the worker process ended unexpectedly (exit {child.returncode})"
             self.results[name] = FileResult(name, "failed", self.ctx.directory / name, error=error)
             self.ctx.bus.emit(FileFailed(name, error))
         return self.results
@@ -122,21 +216,23 @@ class WorkerProcess:
             )
 
     async def _send(self, message: dict[str, Any]) -> None:
-        assert self._proc is not None and self._proc.stdin is not None
-        self._proc.stdin.write(json.dumps(message).encode() + b"\n")
-        await self._proc.stdin.drain()
+        assert self._writer is not None
+        self._writer.write(json.dumps(message).encode() + b"\n")
+        await self._writer.drain()
 
     async def _stop(self) -> None:
-        proc = self._proc
-        if proc is None:
+        child = self._child
+        if child is None:
             return
-        if proc.stdin is not None and not proc.stdin.is_closing():
-            proc.stdin.close()  # the worker stops when its stdin closes
+        if self._writer is not None:
+            self._writer.close()  # the worker stops when its stdin closes
+        else:
+            child.stdin.close()
+        loop = asyncio.get_running_loop()
         try:
-            await asyncio.wait_for(asyncio.shield(proc.wait()), 10)
+            await asyncio.wait_for(asyncio.shield(loop.run_in_executor(None, child.wait)), 10)
         except (asyncio.TimeoutError, asyncio.CancelledError):
-            if proc.returncode is None:
-                proc.kill()
+            child.kill()
             raise
 
 
