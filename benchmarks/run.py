@@ -109,28 +109,37 @@ def wait_for_port(port: int) -> None:
     raise RuntimeError(f"nothing listens on port {port}")
 
 
-def tree_rss(root_pid: int) -> int:
-    """Resident bytes of a process and all its descendants."""
+def tree_memory(root_pid: int) -> tuple[int, int]:
+    """Resident bytes of a process and all its descendants: (RSS, PSS).
+
+    RSS counts a page shared by two processes (a forked worker's imported modules) twice;
+    PSS splits it between them, so it is the memory the tree really holds.
+    """
     children: dict[int, list[int]] = {}
-    rss: dict[int, int] = {}
-    page = os.sysconf("SC_PAGE_SIZE")
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             stat = Path(f"/proc/{entry}/stat").read_text()
-            statm = Path(f"/proc/{entry}/statm").read_text().split()
         except OSError:
             continue
         ppid = int(stat.rsplit(")", 1)[1].split()[1])
         children.setdefault(ppid, []).append(int(entry))
-        rss[int(entry)] = int(statm[1]) * page
-    total, todo = 0, [root_pid]
+    rss = pss = 0
+    todo = [root_pid]
     while todo:
         pid = todo.pop()
-        total += rss.get(pid, 0)
         todo.extend(children.get(pid, []))
-    return total
+        try:
+            rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
+        except OSError:
+            continue
+        for line in rollup.splitlines():
+            key, _, value = line.partition(":")
+            if key in ("Rss", "Pss"):
+                kib = int(value.split()[0]) * 1024
+                rss, pss = (rss + kib, pss) if key == "Rss" else (rss, pss + kib)
+    return rss, pss
 
 
 @dataclass
@@ -139,6 +148,7 @@ class Run:
     wall: float
     cpu: float
     rss: int
+    pss: int
     ok: bool
 
 
@@ -158,14 +168,15 @@ def timed(tool: Tool, out: Path, expected: dict[str, int]) -> Run:
     timing = out.parent / "time.txt"
     command = ["/usr/bin/time", "-f", "%e %U %S", "-o", str(timing)]
     command += ["sh", "-c", tool.command[0]] if tool.shell else tool.command
-    peak = 0
+    peak_rss = peak_pss = 0
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     done = threading.Event()
 
     def sample() -> None:
-        nonlocal peak
+        nonlocal peak_rss, peak_pss
         while not done.wait(0.05):
-            peak = max(peak, tree_rss(proc.pid))
+            rss, pss = tree_memory(proc.pid)
+            peak_rss, peak_pss = max(peak_rss, rss), max(peak_pss, pss)
 
     sampler = threading.Thread(target=sample)
     sampler.start()
@@ -179,7 +190,7 @@ def timed(tool: Tool, out: Path, expected: dict[str, int]) -> Run:
         ok = got == expected
     if not ok:
         print(f"  {tool.name}: FAILED (exit {proc.returncode}) {err.decode()[-300:]}", flush=True)
-    return Run(tool.name, wall, user + sys_, peak, ok)
+    return Run(tool.name, wall, user + sys_, peak_rss, peak_pss, ok)
 
 
 def tools_for(data: Path, base_url: str, parallel: int, work: Path, links: Path) -> list[Tool]:
@@ -197,6 +208,13 @@ def tools_for(data: Path, base_url: str, parallel: int, work: Path, links: Path)
         Tool(
             "wget2",
             ["wget2", "-q", "--max-threads", str(parallel), "-P", str(out), "-i", str(urls)],
+        ),
+        # dcs-backup fsyncs every file before naming it; the others leave their bytes in the
+        # page cache. The same download made durable, for comparison:
+        Tool(
+            "wget2, then sync",
+            [f"wget2 -q --max-threads {parallel} -P {out} -i {urls} && sync"],
+            shell=True,
         ),
         Tool(
             "curl",
@@ -282,9 +300,9 @@ def report(scenario: str, title: str, tools: list[Tool], total_bytes: int, note:
         "",
         note,
         "",
-        "| tool | wall s | MiB/s | CPU s (user+sys) | peak RSS MiB (process tree) "
+        "| tool | wall s | MiB/s | CPU s (user+sys) | peak PSS MiB | peak RSS MiB "
         "| dcs-backup / tool (wall) |",
-        "|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|",
     ]
     med = {t.name: statistics.median(r.wall for r in t.runs) for t in tools}
     dcs = med.get("dcs-backup")
@@ -292,11 +310,12 @@ def report(scenario: str, title: str, tools: list[Tool], total_bytes: int, note:
         wall = med[t.name]
         cpu = statistics.median(r.cpu for r in t.runs)
         rss = statistics.median(r.rss for r in t.runs) / MiB
+        pss = statistics.median(r.pss for r in t.runs) / MiB
         ratio = f"{dcs / wall:.2f}" if dcs and t.name != "dcs-backup" else ""
         bad = "" if all(r.ok for r in t.runs) else " (FAILED runs)"
         lines.append(
             f"| {t.name}{bad} | {wall:.2f} | {total_bytes / MiB / wall:.0f} | {cpu:.2f} "
-            f"| {rss:.0f} | {ratio} |"
+            f"| {pss:.0f} | {rss:.0f} | {ratio} |"
         )
     lines += ["", "Every run:", "", "| tool | wall s |", "|---|---|"]
     lines += [f"| {t.name} | {', '.join(f'{r.wall:.2f}' for r in t.runs)} |" for t in tools]
@@ -341,7 +360,7 @@ def run_scenario(tools: list[Tool], runs: int, out: Path, expected: dict[str, in
             run = timed(tool, out, expected)
             tool.runs.append(run)
             print(
-                f"  run {i + 1} {tool.name:28} {run.wall:6.2f} s  {run.rss / MiB:6.0f} MiB"
+                f"  run {i + 1} {tool.name:28} {run.wall:6.2f} s  {run.pss / MiB:6.0f} MiB PSS"
                 + ("" if run.ok else "  FAILED"),
                 flush=True,
             )

@@ -7,6 +7,7 @@ import asyncio
 import errno
 import os
 import random
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -22,14 +23,29 @@ WRITE_SIZE = 64 * 1024
 BODY = random.Random(7).randbytes(3 * 1024 * 1024 + 12345)
 
 Serve = Callable[[asyncio.StreamWriter], Awaitable[None]]
+CLIENT_TLS: list[ssl.SSLContext] = []  # trusts the test CA
 
 
-@pytest.fixture
-async def server() -> AsyncIterator[Callable[[Serve], str]]:
-    """``server(serve)`` -> a URL whose GET is answered by ``serve(writer)``."""
+@pytest.fixture(params=["http", "https"])
+async def server(
+    request: pytest.FixtureRequest, tls_files: dict[str, Path]
+) -> AsyncIterator[Callable[[Serve], str]]:
+    """``server(serve)`` -> a URL whose GET is answered by ``serve(writer)``, over plain
+    HTTP and over TLS (whose transport hands data to protocols its own way)."""
     handlers: list[Serve] = []
+    tls: ssl.SSLContext | None = None
+    if request.param == "https":
+        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        tls.load_cert_chain(tls_files["cert"], tls_files["key"])
+        CLIENT_TLS.clear()
+        CLIENT_TLS.append(ssl.create_default_context(cafile=str(tls_files["ca"])))
+
+    tasks: set[asyncio.Task[Any]] = set()
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        tasks.add(task)
         await reader.readuntil(b"\r\n\r\n")
         try:
             await handlers[0](writer)
@@ -38,15 +54,17 @@ async def server() -> AsyncIterator[Callable[[Serve], str]]:
         finally:
             writer.close()
 
-    srv = await asyncio.start_server(handle, "127.0.0.1", 0)
+    srv = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=tls)
     port = srv.sockets[0].getsockname()[1]
 
     def url(serve: Serve) -> str:
         handlers[:] = [serve]
-        return f"http://127.0.0.1:{port}/x.bin"
+        return f"{request.param}://127.0.0.1:{port}/x.bin"
 
     yield url
     srv.close()
+    for task in tasks:  # a stalling answer would keep wait_closed waiting (3.12+)
+        task.cancel()
     await srv.wait_closed()
 
 
@@ -108,7 +126,9 @@ def taken_over(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 async def fetch(url: str, sink: Sink, length: int | None = None, **config: Any) -> None:
     settings: dict[str, Any] = {"write_size": WRITE_SIZE, "read_timeout": 5.0}
     settings.update(config)
-    async with aiohttp.ClientSession() as session, session.get(url) as resp:
+    tls = CLIENT_TLS[0] if url.startswith("https") else None
+    connector = aiohttp.TCPConnector(ssl=tls) if tls else None
+    async with aiohttp.ClientSession(connector=connector) as session, session.get(url) as resp:
         expected = resp.content_length if length is None else length
         await _body.receive(resp, expected, sink, DownloadConfig(**settings))
 
