@@ -22,7 +22,8 @@ class DownloadConfig:
 
     concurrency:     files downloaded at once (default 8); also the connection pool size.
     write_size:      bytes gathered from the socket before one write to disk (default 1 MiB);
-                     memory stays below about 2 x concurrency x write_size.
+                     buffers take concurrency x write_size while the disk keeps up, and
+                     at most about 5 x that while it falls behind.
     read_timeout:    seconds a response may stall without a byte before it counts as a
                      failure and is retried (default 30).
     connect_timeout: seconds to open a connection (default 15).

@@ -100,15 +100,15 @@ _spares: list[_Child] = []
 
 
 def fork_spares(count: int) -> None:
-    """Fork ``count`` workers now, for a download that may want them (POSIX only).
+    """Fork ``count`` workers now, for a download that may want them (Linux only).
 
     Called by the program before its event loop exists, with its modules imported and no
     other thread running, so a fork is safe and the worker starts with everything loaded: a
     fresh interpreter spends 0.4 s of a core importing first, while the download needs that
     core. A spare the download does not use exits as soon as its stdin closes.
     """
-    if not hasattr(os, "fork") or count < 1:
-        return
+    if not sys.platform.startswith("linux") or count < 1:
+        return  # elsewhere a fork after imports is not known to be safe: workers are spawned
     sys.stdout.flush()
     sys.stderr.flush()
     for _ in range(count):
