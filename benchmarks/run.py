@@ -2,6 +2,7 @@
 """Benchmark dcs-backup against wget2, curl and aria2c on the same files, in the same run.
 
     python benchmarks/run.py                       # 8 x 256 MiB, 3 interleaved runs of each
+    python benchmarks/run.py --scenario tls        # the same over HTTPS, as OBS serves it
     python benchmarks/run.py --scenario small      # 64 x 256 KiB: per-file overhead
     python benchmarks/run.py --scenario memory     # peak RSS, 256 MiB files vs 2 GiB files
     python benchmarks/run.py --scenario capped     # one 2 GiB file, per-connection rate cap
@@ -34,7 +35,13 @@ ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / "benchmarks" / "work"
 RESULTS = ROOT / "benchmarks" / "results"
 MiB = 1024 * 1024
-TOOLS = {"nginx": "nginx-light", "wget2": "wget2", "curl": "curl", "aria2c": "aria2"}
+TOOLS = {
+    "nginx": "nginx-light",
+    "wget2": "wget2",
+    "curl": "curl",
+    "aria2c": "aria2",
+    "openssl": "openssl",
+}
 
 
 def ensure_tools() -> None:
@@ -74,9 +81,15 @@ def free_port() -> int:
 
 
 class Nginx:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, tls: dict[str, Path] | None = None) -> None:
         self.port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="nginx-", dir=WORK))
+        listen = f"127.0.0.1:{self.port}"
+        if tls:
+            listen += (
+                f" ssl; ssl_certificate {tls['cert']}; ssl_certificate_key {tls['key']};"
+                " ssl_protocols TLSv1.2 TLSv1.3"
+            )
         (self.dir / "nginx.conf").write_text(f"""
 worker_processes 2;
 pid {self.dir}/nginx.pid;
@@ -86,7 +99,7 @@ http {{
   access_log off; sendfile on; tcp_nopush on; keepalive_requests 10000;
   client_body_temp_path {self.dir}; proxy_temp_path {self.dir}; fastcgi_temp_path {self.dir};
   uwsgi_temp_path {self.dir}; scgi_temp_path {self.dir};
-  server {{ listen 127.0.0.1:{self.port}; root {root}; }}
+  server {{ listen {listen}; root {root}; }}
 }}
 """)
         self.proc = subprocess.Popen(
@@ -98,6 +111,30 @@ http {{
         self.proc.send_signal(signal.SIGQUIT)
         self.proc.wait(10)
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def make_tls(folder: Path) -> dict[str, Path]:
+    """A private CA and a certificate for 127.0.0.1 signed by it (openssl's CLI)."""
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True)
+
+    openssl(
+        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=bench CA",
+        "-keyout", "ca.key", "-out", "ca.pem",
+        "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign",
+    )  # fmt: skip
+    openssl(
+        "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
+        "-keyout", "server.key", "-out", "server.csr",
+    )  # fmt: skip
+    (folder / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
+    openssl(
+        "x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+        "-CAcreateserial", "-days", "2", "-extfile", "ext.cnf", "-out", "server.pem",
+    )  # fmt: skip
+    return {"ca": folder / "ca.pem", "cert": folder / "server.pem", "key": folder / "server.key"}
 
 
 def wait_for_port(port: int) -> None:
@@ -193,27 +230,33 @@ def timed(tool: Tool, out: Path, expected: dict[str, int]) -> Run:
     return Run(tool.name, wall, user + sys_, peak_rss, peak_pss, ok)
 
 
-def tools_for(data: Path, base_url: str, parallel: int, work: Path, links: Path) -> list[Tool]:
+def tools_for(
+    data: Path, base_url: str, parallel: int, work: Path, links: Path, ca: Path | None = None
+) -> list[Tool]:
+    """Every tool on the same files; with ``ca``, each told to trust that CA (HTTPS)."""
     names = sorted(p.name for p in data.iterdir() if not p.name.endswith(".tmp"))
     urls = work / "urls.txt"
     urls.write_text("".join(f"{base_url}/{n}\n" for n in names))
     curl_cfg = work / "curl.cfg"
     curl_cfg.write_text(
-        "".join(f'url = "{base_url}/{n}"\noutput = "{work}/out/{n}"\n' for n in names)
+        (f'cacert = "{ca}"\n' if ca else "")
+        + "".join(f'url = "{base_url}/{n}"\noutput = "{work}/out/{n}"\n' for n in names)
     )
+    trust = [f"--ca-certificate={ca}"] if ca else []
+    wget2 = ["wget2", "-q", *trust, "--max-threads", str(parallel)]
     out = work / "out"
     dd = " ".join(f"dd if={data}/{n} of={out}/{n} bs=1M status=none &" for n in names)
     return [
-        Tool("dcs-backup", dcs_command(links, out)),
+        Tool("dcs-backup", dcs_command(links, out, ca)),
         Tool(
             "wget2",
-            ["wget2", "-q", "--max-threads", str(parallel), "-P", str(out), "-i", str(urls)],
+            [*wget2, "-P", str(out), "-i", str(urls)],
         ),
         # dcs-backup fsyncs every file before naming it; the others leave their bytes in the
         # page cache. The same download made durable, for comparison:
         Tool(
             "wget2, then sync",
-            [f"wget2 -q --max-threads {parallel} -P {out} -i {urls} && sync"],
+            [f"wget2 -q {' '.join(trust)} --max-threads {parallel} -P {out} -i {urls} && sync"],
             shell=True,
         ),
         Tool(
@@ -225,6 +268,7 @@ def tools_for(data: Path, base_url: str, parallel: int, work: Path, links: Path)
             [
                 "aria2c",
                 "-q",
+                *trust,
                 "-i",
                 str(urls),
                 "-j",
@@ -245,19 +289,11 @@ def tools_for(data: Path, base_url: str, parallel: int, work: Path, links: Path)
     ]
 
 
-def dcs_command(links: Path, out: Path) -> list[str]:
+def dcs_command(links: Path, out: Path, ca: Path | None = None) -> list[str]:
     """dcs-backup with its defaults, downloading from a links file."""
-    return [
-        sys.executable,
-        "-m",
-        "dcs_backup",
-        "download",
-        "--links-file",
-        str(links),
-        "-o",
-        str(out),
-        "--no-progress",
-    ]
+    command = [sys.executable, "-m", "dcs_backup", "download", "--links-file", str(links)]
+    command += ["-o", str(out), "--no-progress"]
+    return command + (["--ca-bundle", str(ca)] if ca else [])
 
 
 def write_links(data: Path, base_url: str, path: Path) -> None:
@@ -374,15 +410,18 @@ def parallel(
     scenario: str,
     title: str,
     only: list[str] | None = None,
+    tls: bool = False,
 ) -> str:
     data = make_data(count, size)
     expected = {p.name: p.stat().st_size for p in data.iterdir() if not p.name.endswith(".tmp")}
-    server = Nginx(data)
     work = Path(tempfile.mkdtemp(prefix=f"{scenario}-", dir=WORK))
+    certs = make_tls(work / "tls") if tls else None
+    server = Nginx(data, certs)
     try:
-        base = f"http://127.0.0.1:{server.port}"
+        base = f"{'https' if tls else 'http'}://127.0.0.1:{server.port}"
         write_links(data, base, work / "links.json")
-        tools = tools_for(data, base, min(count, 8), work, work / "links.json")
+        ca = certs["ca"] if certs else None
+        tools = tools_for(data, base, min(count, 8), work, work / "links.json", ca)
         only = only or args.tools
         if only:
             tools = [t for t in tools if t.name in only]
@@ -391,7 +430,8 @@ def parallel(
         server.stop()
         shutil.rmtree(work, ignore_errors=True)
     note = (
-        f"{count} files x {size / MiB:g} MiB served by nginx on 127.0.0.1; dcs-backup with "
+        f"{count} files x {size / MiB:g} MiB served by nginx on 127.0.0.1"
+        f"{' over TLS (a private CA every tool is told to trust)' if tls else ''}; dcs-backup with "
         "its defaults (verification on: size and RDB CRC-64) from a links file."
     )
     return report(scenario, title, tools, count * size, note)
@@ -488,7 +528,9 @@ def capped(args: argparse.Namespace) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--scenario", choices=["parallel", "small", "memory", "capped", "all"], default="parallel"
+        "--scenario",
+        choices=["parallel", "tls", "small", "memory", "capped", "all"],
+        default="parallel",
     )
     parser.add_argument("--files", type=int, default=8)
     parser.add_argument("--size-mib", type=float, default=256)
@@ -500,7 +542,9 @@ def main() -> None:
     ensure_tools()
     WORK.mkdir(parents=True, exist_ok=True)
     chosen = (
-        ["parallel", "small", "memory", "capped"] if args.scenario == "all" else [args.scenario]
+        ["parallel", "tls", "small", "memory", "capped"]
+        if args.scenario == "all"
+        else [args.scenario]
     )
     for scenario in chosen:
         print(f"== {scenario}", flush=True)
@@ -511,6 +555,16 @@ def main() -> None:
                 int(args.size_mib * MiB),
                 "parallel",
                 f"{args.files} x {args.size_mib:g} MiB",
+            )
+        elif scenario == "tls":
+            text = parallel(
+                args,
+                args.files,
+                int(args.size_mib * MiB),
+                "tls",
+                f"{args.files} x {args.size_mib:g} MiB over HTTPS",
+                only=["dcs-backup", "wget2", "wget2, then sync", "curl", "aria2c"],
+                tls=True,
             )
         elif scenario == "small":
             text = parallel(

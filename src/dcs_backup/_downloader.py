@@ -141,7 +141,9 @@ async def _run_transfers(
     shares = split_by_size(files, processes) if processes > 1 else [files]
     per_process = max(1, -(-ctx.config.concurrency // len(shares)))
     local = dataclasses.replace(
-        ctx, config=dataclasses.replace(ctx.config, concurrency=per_process)
+        ctx,
+        config=dataclasses.replace(ctx.config, concurrency=per_process),
+        inline_writes=len(shares) >= (os.cpu_count() or 1),
     )
     verbosity = {logging.INFO: 1, logging.DEBUG: 2}.get(logging.getLogger("dcs_backup").level, 0)
     remote = [WorkerProcess(local, share, verbosity) for share in shares[1:]]

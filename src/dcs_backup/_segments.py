@@ -151,7 +151,7 @@ class SegmentedDownload:
             t.note_written(count)
 
         # No verifier: the bytes come out of order, the file is checked once it is whole.
-        sink = Sink(t._fd, lambda: segment[0] + segment[2], written)
+        sink = Sink(t._fd, lambda: segment[0] + segment[2], written, inline=t.ctx.inline_writes)
         length = segment[1] - segment[0]
         await receive(resp, length - segment[2], sink, t.ctx.config)
         if segment[2] < length:

@@ -175,6 +175,7 @@ class WorkerProcess:
                     "clock_offset": links.clock_offset,
                     "can_refresh": links.can_refresh,
                     "files": self.files,
+                    "inline_writes": self.ctx.inline_writes,
                     "verbosity": self.verbosity,
                 }
             )
@@ -287,7 +288,13 @@ async def _worker(job: dict[str, Any], stdin: asyncio.StreamReader) -> None:
     source.clock_offset = job["clock_offset"]
     async with _download_session(config, None) as session:
         ctx = TransferContext(
-            session, source, Path(job["directory"]), job["backup_id"], config, bus
+            session,
+            source,
+            Path(job["directory"]),
+            job["backup_id"],
+            config,
+            bus,
+            inline_writes=job["inline_writes"],
         )
         files = [(name, size) for name, size in job["files"]]
 
