@@ -151,7 +151,10 @@ class SegmentedDownload:
             t.note_written(count)
 
         # No verifier: the bytes come out of order, the file is checked once it is whole.
-        sink = Sink(t._fd, lambda: segment[0] + segment[2], written, inline=t.ctx.inline_writes)
+        # Written on the event loop: a range is most often one of several streams that each
+        # hold a rate-capped connection; a thread hop that falls behind pauses the socket and
+        # wastes its cap (measured on the capped benchmark: 8.6 s and 75 MiB vs 7.4 s, 50 MiB).
+        sink = Sink(t._fd, lambda: segment[0] + segment[2], written)
         length = segment[1] - segment[0]
         await receive(resp, length - segment[2], sink, t.ctx.config)
         if segment[2] < length:
