@@ -113,30 +113,6 @@ http {{
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def make_tls(folder: Path) -> dict[str, Path]:
-    """A private CA and a certificate for 127.0.0.1 signed by it (openssl's CLI)."""
-    folder.mkdir(parents=True, exist_ok=True)
-
-    def openssl(*args: str) -> None:
-        subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True)
-
-    openssl(
-        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=bench CA",
-        "-keyout", "ca.key", "-out", "ca.pem",
-        "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign",
-    )  # fmt: skip
-    openssl(
-        "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
-        "-keyout", "server.key", "-out", "server.csr",
-    )  # fmt: skip
-    (folder / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
-    openssl(
-        "x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-        "-CAcreateserial", "-days", "2", "-extfile", "ext.cnf", "-out", "server.pem",
-    )  # fmt: skip
-    return {"ca": folder / "ca.pem", "cert": folder / "server.pem", "key": folder / "server.key"}
-
-
 def wait_for_port(port: int) -> None:
     for _ in range(100):
         with socket.socket() as s:
@@ -415,16 +391,20 @@ def parallel(
     data = make_data(count, size)
     expected = {p.name: p.stat().st_size for p in data.iterdir() if not p.name.endswith(".tmp")}
     work = Path(tempfile.mkdtemp(prefix=f"{scenario}-", dir=WORK))
-    certs = make_tls(work / "tls") if tls else None
+    certs = None
+    if tls:
+        from dcs_backup.emulator import make_certificates  # make_data put src/ on the path
+
+        certs = make_certificates(work / "tls")
     server = Nginx(data, certs)
     try:
         base = f"{'https' if tls else 'http'}://127.0.0.1:{server.port}"
         write_links(data, base, work / "links.json")
         ca = certs["ca"] if certs else None
         tools = tools_for(data, base, min(count, 8), work, work / "links.json", ca)
-        only = only or args.tools
-        if only:
-            tools = [t for t in tools if t.name in only]
+        for wanted in (only, args.tools):  # the scenario's tools, then the command line's
+            if wanted:
+                tools = [t for t in tools if t.name in wanted]
         run_scenario(tools, args.runs, work / "out", expected)
     finally:
         server.stop()

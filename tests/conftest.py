@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from dcs_backup.emulator import Emulator
+from dcs_backup.emulator import Emulator, make_certificates
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -109,63 +109,4 @@ def threaded_emulator(monkeypatch: pytest.MonkeyPatch) -> Iterator[Emulator]:
 @pytest.fixture(scope="session")
 def tls_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A private CA and a certificate for 127.0.0.1 signed by it (Debian's openssl CLI)."""
-    import shutil
-    import subprocess
-
-    openssl = shutil.which("openssl")
-    assert openssl, "the TLS tests need the openssl command (Debian package openssl)"
-    d = tmp_path_factory.mktemp("tls")
-
-    def run(*args: str) -> None:
-        subprocess.run([openssl, *args], cwd=d, check=True, capture_output=True)
-
-    run(
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=test CA",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-        "-addext",
-        "basicConstraints=critical,CA:TRUE",
-        "-addext",
-        "keyUsage=critical,keyCertSign",
-    )
-    run(
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-subj",
-        "/CN=127.0.0.1",
-        "-keyout",
-        "server.key",
-        "-out",
-        "server.csr",
-    )
-    (d / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
-    run(
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-days",
-        "2",
-        "-extfile",
-        "ext.cnf",
-        "-out",
-        "server.pem",
-    )
-    return {"ca": d / "ca.pem", "cert": d / "server.pem", "key": d / "server.key"}
+    return make_certificates(tmp_path_factory.mktemp("tls"))

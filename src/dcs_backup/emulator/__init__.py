@@ -3,6 +3,7 @@
 from ._faults import FAULT_KINDS, EmulatorStats, Faults
 from ._rdb import crc64, make_rdb, shard_name
 from ._server import BUCKET, Emulator
+from ._tls import make_certificates
 
 __all__ = [
     "BUCKET",
@@ -11,6 +12,7 @@ __all__ = [
     "EmulatorStats",
     "Faults",
     "crc64",
+    "make_certificates",
     "make_rdb",
     "shard_name",
 ]
