@@ -151,6 +151,7 @@ class WorkerProcess:
         self.results: dict[str, FileResult] = {}
         self._child: _Child | None = None
         self._writer: asyncio.StreamWriter | None = None
+        self._refreshing: set[asyncio.Future[None]] = set()
 
     async def run(self) -> dict[str, FileResult]:
         child = _spares.pop() if _spares else _Child.spawn()
@@ -201,20 +202,26 @@ class WorkerProcess:
             self.ctx.stats.bytes_received += message["bytes_received"]
             self.ctx.stats.retries += message["retries"]
         elif op == "refresh":
-            links = self.ctx.links
-            try:
-                await links.refresh(message["generation"], reason=message["reason"])
-            except Exception as exc:  # the worker fails the files that needed it
-                await self._send({"op": "refresh_failed", "message": str(exc)})
-                return
-            await self._send(
-                {
-                    "op": "links",
-                    "links": links_to_json(links.snapshot()),
-                    "generation": links.generation,
-                    "clock_offset": links.clock_offset,
-                }
-            )
+            # In a task of its own: the worker's events keep being read meanwhile.
+            task = asyncio.ensure_future(self._refresh(message))
+            self._refreshing.add(task)
+            task.add_done_callback(self._refreshing.discard)
+
+    async def _refresh(self, message: dict[str, Any]) -> None:
+        links = self.ctx.links
+        try:
+            await links.refresh(message["generation"], reason=message["reason"])
+        except Exception as exc:  # the worker fails the files that needed it
+            await self._send({"op": "refresh_failed", "message": str(exc)})
+            return
+        await self._send(
+            {
+                "op": "links",
+                "links": links_to_json(links.snapshot()),
+                "generation": links.generation,
+                "clock_offset": links.clock_offset,
+            }
+        )
 
     async def _send(self, message: dict[str, Any]) -> None:
         assert self._writer is not None
@@ -222,6 +229,8 @@ class WorkerProcess:
         await self._writer.drain()
 
     async def _stop(self) -> None:
+        for task in self._refreshing:
+            task.cancel()
         child = self._child
         if child is None:
             return
@@ -243,13 +252,15 @@ class WorkerProcess:
 class _Parent:
     """The worker's line to its parent: events out, link refreshes asked for and awaited."""
 
-    def __init__(self, generation: int) -> None:
+    def __init__(self, generation: int, out: asyncio.StreamWriter) -> None:
         self.generation = generation
+        self._out = out
         self._waiting: asyncio.Future[dict[str, Any]] | None = None
 
     def send(self, message: dict[str, Any]) -> None:
-        sys.stdout.buffer.write(json.dumps(message).encode() + b"\n")
-        sys.stdout.buffer.flush()
+        # Buffered by the pipe's transport: the event loop never blocks on a full pipe while
+        # the parent is busy (say, fetching new links).
+        self._out.write(json.dumps(message).encode() + b"\n")
 
     async def refresh_links(self, reason: str) -> Any:
         if self._waiting is None or self._waiting.done():
@@ -268,12 +279,14 @@ class _Parent:
             self._waiting.set_result(message)
 
 
-async def _worker(job: dict[str, Any], stdin: asyncio.StreamReader) -> None:
+async def _worker(
+    job: dict[str, Any], stdin: asyncio.StreamReader, out: asyncio.StreamWriter
+) -> None:
     from pathlib import Path
 
     from ._downloader import _download_session, run_files
 
-    parent = _Parent(job["generation"])
+    parent = _Parent(job["generation"], out)
     config = config_from_json(job["config"])
     bus = EventBus([lambda event: parent.send({"op": "event", "event": event_to_json(event)})])
 
@@ -335,7 +348,18 @@ async def _main() -> None:
     from ._cli import _setup_logging
 
     _setup_logging(job.get("verbosity", 0))
-    await _worker(job, stdin)
+    transport, protocol = await loop.connect_write_pipe(
+        lambda: asyncio.StreamReaderProtocol(asyncio.StreamReader()), sys.stdout
+    )
+    out = asyncio.StreamWriter(transport, protocol, None, loop)
+    try:
+        await _worker(job, stdin, out)
+    finally:
+        # Everything said reaches the parent before the worker exits, unless it stopped
+        # listening (it is gone, or giving up on this worker).
+        with contextlib.suppress(ConnectionError, asyncio.TimeoutError):
+            await asyncio.wait_for(out.drain(), 2)
+        out.close()
 
 
 def main() -> int:
