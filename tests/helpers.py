@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import errno
+import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from dcs_backup import Client, DownloadConfig, DownloadResult, RetryPolicy, download_backup
 from dcs_backup.emulator import Emulator
@@ -45,3 +50,20 @@ def assert_exact(emu: Emulator, instance: str, backup_id: str, dest: Path) -> in
     )
     assert leftovers == [], f"left behind: {leftovers}"
     return total
+
+
+def fill_disk_after(monkeypatch: pytest.MonkeyPatch, budget: int) -> Callable[[], None]:
+    """The "disk" takes ``budget`` bytes of positional writes, then every write fails with
+    ENOSPC, until the test ends or the returned function frees the space."""
+    real = os.pwritev
+    left = [budget]
+
+    def pwritev(fd: int, buffers: list[Any], offset: int) -> int:
+        size = sum(len(b) for b in buffers)
+        if left[0] < size:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        left[0] -= size
+        return real(fd, buffers, offset)
+
+    monkeypatch.setattr(os, "pwritev", pwritev)
+    return lambda: monkeypatch.setattr(os, "pwritev", real)

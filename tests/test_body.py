@@ -18,6 +18,7 @@ import pytest
 from dcs_backup import DownloadConfig, _body, _sink
 from dcs_backup._errors import TransferError
 from dcs_backup._sink import Sink
+from helpers import fill_disk_after
 
 WRITE_SIZE = 64 * 1024
 BODY = random.Random(7).randbytes(3 * 1024 * 1024 + 12345)
@@ -239,17 +240,7 @@ async def test_a_full_disk_ends_the_body_with_the_error(
     taken_over: list[int],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    real = os.pwritev
-    budget = [1_000_000]
-
-    def pwritev(fd: int, buffers: list[Any], offset: int) -> int:
-        size = sum(len(b) for b in buffers)
-        if budget[0] < size:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        budget[0] -= size
-        return real(fd, buffers, offset)
-
-    monkeypatch.setattr(os, "pwritev", pwritev)
+    fill_disk_after(monkeypatch, 1_000_000)
     file = File(tmp_path / "x.part")
     with pytest.raises(OSError) as caught:
         await asyncio.wait_for(fetch(server(sends(BODY, then="stall")), file.sink()), 10)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import random
@@ -19,7 +18,7 @@ from dcs_backup._cli import main
 from dcs_backup._formats import AofChecker, FormatError, RdbChecker
 from dcs_backup._verify import verify_directory
 from dcs_backup.emulator import Emulator
-from helpers import assert_exact, download, quick_config
+from helpers import assert_exact, download, fill_disk_after, quick_config
 
 FIXTURES = ROOT / "tests" / "fixtures"
 RDB = (FIXTURES / "redis.rdb").read_bytes()
@@ -308,17 +307,7 @@ async def test_disk_full_midway_keeps_partials_and_rerun_completes(
 ) -> None:
     emulator.faults.rate_limit = 8 << 20
     backup_id = emulator.add_generated_backup("inst", shards=4, shard_size=1 << 20)
-    real_pwritev = os.pwritev
-    budget = [1_500_000]  # bytes the "disk" takes before it is full
-
-    def pwritev(fd: int, buffers: list[bytes], offset: int) -> int:
-        size = sum(len(b) for b in buffers)
-        if budget[0] < size:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        budget[0] -= size
-        return real_pwritev(fd, buffers, offset)
-
-    monkeypatch.setattr(os, "pwritev", pwritev)
+    free_space = fill_disk_after(monkeypatch, 1_500_000)
     result = await download(emulator, "inst", backup_id, tmp_path)
     assert not result.ok
     assert all("the disk is full" in (f.error or "") for f in result.failed)
@@ -326,7 +315,7 @@ async def test_disk_full_midway_keeps_partials_and_rerun_completes(
     assert parts and sum(p.stat().st_size for p in parts) > 0
     for path in tmp_path.glob("*.rdb"):  # only complete files carry a final name
         assert path.read_bytes() == emulator.object_bytes("inst", backup_id, path.name)
-    monkeypatch.setattr(os, "pwritev", real_pwritev)
+    free_space()
     sent = emulator.stats.bytes_sent
     again = await download(emulator, "inst", backup_id, tmp_path)
     assert again.ok
