@@ -27,9 +27,9 @@ class Sink:
 
     ``position`` gives the offset of the next byte; ``written`` is told how many bytes
     reached the file, in order. ``inline`` says that writes may run on the event loop
-    itself: page-cache writes are memory copies, and done right after the socket read they
-    copy from a warm CPU cache, where a hop to a thread pool copies from a cold one (measured:
-    3x the system time for the same bytes). A write that turns out slow (the kernel throttles
+    itself: page-cache writes are memory copies, and without the hop to a thread pool and
+    back the process spends less user time (8 x 256 MiB in two processes: 1.22 s against
+    1.58 s, the system time the same). A write that turns out slow (the kernel throttles
     writers when the disk falls behind) a few times sends the rest of the stream to threads.
     """
 
@@ -51,7 +51,7 @@ class Sink:
         self.written(count)
 
     async def write(self, pieces: list[Any]) -> None:
-        """Write in a worker thread, so the event loop goes on meanwhile."""
+        """Write on the spot when ``inline``, else in a worker thread while the loop goes on."""
         if self.inline:
             self.write_now(pieces)
             return
