@@ -46,11 +46,10 @@ def _fork_spare_workers(processes: int | None) -> None:
     """Worker processes forked before the event loop starts begin with their modules loaded
     (see ``_workers.fork_spares``); the download takes as many as it wants."""
     from . import _downloader  # noqa: F401  (loaded before the fork: the workers need it)
-    from ._config import DownloadConfig, worker_processes
+    from ._config import most_processes
     from ._workers import fork_spares
 
-    most = worker_processes(DownloadConfig(processes=processes), files=1 << 20, total_bytes=1 << 50)
-    fork_spares(most - 1)
+    fork_spares(most_processes(processes) - 1)
 
 
 def _positive_int(text: str) -> int:

@@ -84,12 +84,15 @@ class DownloadConfig:
 MULTIPROCESS_MIN_BYTES = 256 * MiB
 
 
+def most_processes(processes: int | None) -> int:
+    """The processes a large download uses: as asked, or one per core, at most 4."""
+    return processes if processes is not None else min(os.cpu_count() or 1, 4)
+
+
 def worker_processes(config: DownloadConfig, files: int, total_bytes: int) -> int:
     """How many processes a download of ``files`` files and ``total_bytes`` bytes should use."""
-    if config.processes is not None:
-        wanted = config.processes
-    elif total_bytes < MULTIPROCESS_MIN_BYTES:
+    if config.processes is None and total_bytes < MULTIPROCESS_MIN_BYTES:
         wanted = 1
     else:
-        wanted = min(os.cpu_count() or 1, 4)
+        wanted = most_processes(config.processes)
     return max(1, min(wanted, files))
