@@ -138,7 +138,7 @@ def tree_memory(root_pid: int) -> tuple[int, int]:
             continue
         ppid = int(stat.rsplit(")", 1)[1].split()[1])
         children.setdefault(ppid, []).append(int(entry))
-    rss = pss = 0
+    totals = {"Rss": 0, "Pss": 0}
     todo = [root_pid]
     while todo:
         pid = todo.pop()
@@ -149,10 +149,9 @@ def tree_memory(root_pid: int) -> tuple[int, int]:
             continue
         for line in rollup.splitlines():
             key, _, value = line.partition(":")
-            if key in ("Rss", "Pss"):
-                kib = int(value.split()[0]) * 1024
-                rss, pss = (rss + kib, pss) if key == "Rss" else (rss, pss + kib)
-    return rss, pss
+            if key in totals:
+                totals[key] += int(value.split()[0]) * 1024  # kB
+    return totals["Rss"], totals["Pss"]
 
 
 @dataclass

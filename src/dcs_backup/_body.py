@@ -154,6 +154,9 @@ class _Receiver(asyncio.BufferedProtocol):
         self._watchdog.cancel()
         if self._flush_timer is not None:
             self._flush_timer.cancel()
+        self._pause()
+
+    def _pause(self) -> None:
         if not self.lost and not self._paused:
             self._paused = True
             self._transport.pause_reading()
@@ -177,9 +180,8 @@ class _Receiver(asyncio.BufferedProtocol):
         self._buffer = self._free.pop() if self._free else bytearray(len(self._buffer))
         self._fill = 0
         self._wake.set()
-        if len(self._queue) >= _PAUSE_AT and not self._paused and self._left:
-            self._paused = True  # the disk is behind: let TCP hold the rest for now
-            self._transport.pause_reading()
+        if len(self._queue) >= _PAUSE_AT and self._left:
+            self._pause()  # the disk is behind: let TCP hold the rest for now
 
     def _resume_if_drained(self) -> None:
         if (

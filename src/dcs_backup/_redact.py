@@ -38,8 +38,3 @@ def redact(text: str) -> str:
         if secret in text:
             text = text.replace(secret, REDACTED)
     return text
-
-
-def redact_url(url: str) -> str:
-    """A presigned URL fit for a log line: host, path and the non-secret query only."""
-    return redact(url)

@@ -17,6 +17,7 @@ import os
 import signal
 import subprocess
 import sys
+import traceback
 from typing import IO, Any
 
 from ._events import EventBus, FileFailed
@@ -126,6 +127,8 @@ def fork_spares(count: int) -> None:
                     sibling.stdin.close()
                     sibling.stdout.close()
                 code = main()
+            except BaseException:
+                traceback.print_exc()  # as a spawned worker would, before it dies
             finally:
                 sys.stderr.flush()
                 os._exit(code)
